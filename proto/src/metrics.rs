@@ -1,0 +1,32 @@
+//! Well-known keys of `GetCapabilitiesResponse.metrics`, so an orchestrator can
+//! choose workers by load. A worker reports the keys it knows; an orchestrator
+//! treats a missing key as unknown, never as zero load.
+
+/// Sessions open now.
+pub const ACTIVE_SESSIONS: &str = "active_sessions";
+/// Requests waiting for an inference slot.
+pub const QUEUED_REQUESTS: &str = "queued_requests";
+/// The session limit actually enforced (mirrors Capabilities.max_concurrent_sessions).
+pub const MAX_SESSIONS: &str = "max_sessions";
+/// Recent processing time divided by audio time (below 1 is faster than real time).
+pub const REAL_TIME_FACTOR: &str = "real_time_factor";
+/// Overall load in [0, 1]: the worker's own judgement of how busy it is.
+pub const LOAD: &str = "load";
+/// Longest text a Synthesize call may carry, in characters (TTS-TEXT-LIMIT).
+pub const MAX_TEXT_CHARS: &str = "max_text_chars";
+/// Largest STT audio chunk, in bytes (STT-CHUNK-LIMIT).
+pub const MAX_CHUNK_BYTES: &str = "max_chunk_bytes";
+/// Longest STT stream, in seconds of audio (STT-DURATION-LIMIT).
+pub const MAX_STREAM_SECONDS: &str = "max_stream_seconds";
+
+/// Every well-known key, for documentation and conformance checks.
+pub const ALL: &[&str] = &[
+    ACTIVE_SESSIONS,
+    QUEUED_REQUESTS,
+    MAX_SESSIONS,
+    REAL_TIME_FACTOR,
+    LOAD,
+    MAX_TEXT_CHARS,
+    MAX_CHUNK_BYTES,
+    MAX_STREAM_SECONDS,
+];
