@@ -6,6 +6,8 @@
 //! saying how to run it.
 #![forbid(unsafe_code)]
 
+pub mod wer;
+
 use std::path::PathBuf;
 
 /// The model folders the tests know, relative to `VOXWIRE_MODEL_DIR`.
