@@ -1,1 +1,307 @@
-//! (in progress)
+//! Piper (VITS) text-to-speech voices, run natively on candle, with Piper's
+//! espeak-ng phonemizer.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), voxwire_piper::PiperError> {
+//! use voxwire_piper::{PiperVoice, Scales};
+//! let voice = PiperVoice::load("models/en_US-joe-medium.onnx".as_ref())?;
+//! let scales = Scales::from_config(voice.config());
+//! let audio = voice.synthesize_sentence("Hello, world!", scales, 42)?;
+//! assert!(!audio.is_empty()); // mono f32 at voice.config().sample_rate
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Licensed GPL-3.0-or-later because it links espeak-ng.
+#![deny(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+mod config;
+mod espeak;
+mod model;
+mod onnx;
+mod phonemize;
+mod spline;
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+
+pub use config::VoiceConfig;
+
+/// Errors from loading a voice or synthesizing with it.
+#[derive(Debug, thiserror::Error)]
+pub enum PiperError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no voice at {0}: expected a .onnx file or a directory holding exactly one")]
+    NotFound(PathBuf),
+    #[error("{0} holds more than one .onnx voice")]
+    Ambiguous(PathBuf),
+    #[error("invalid voice config: {0}")]
+    Config(String),
+    #[error("invalid model file: {0}")]
+    Format(String),
+    #[error("model lacks weight {0}")]
+    MissingWeight(String),
+    #[error("unsupported voice: {0}")]
+    Unsupported(String),
+    #[error("phoneme id {0} is outside the model's vocabulary")]
+    InvalidPhonemeId(i64),
+    #[error("no phoneme ids to synthesize")]
+    EmptyInput,
+    #[error("espeak-ng: {0}")]
+    Espeak(String),
+    #[error("espeak-ng has no voice {0:?}")]
+    UnknownVoice(String),
+    #[error("tensor computation failed: {0}")]
+    Tensor(#[from] candle_core::Error),
+}
+
+/// Sampling controls, in the order of Piper's `scales` input.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scales {
+    /// Spread of the latent noise (voice variation); 0 = none.
+    pub noise_scale: f32,
+    /// Phoneme duration multiplier; above 1 speaks slower.
+    pub length_scale: f32,
+    /// Spread of the duration predictor's noise (rhythm variation); 0 = none.
+    pub noise_w: f32,
+}
+
+impl Scales {
+    /// No random draws at all: the output depends only on the input ids.
+    pub const DETERMINISTIC: Scales = Scales {
+        noise_scale: 0.0,
+        length_scale: 1.0,
+        noise_w: 0.0,
+    };
+
+    /// Piper's defaults when a config names none.
+    pub const PIPER_DEFAULT: Scales = Scales {
+        noise_scale: 0.667,
+        length_scale: 1.0,
+        noise_w: 0.8,
+    };
+
+    /// The voice's recommended scales from its `.onnx.json`.
+    pub fn from_config(config: &VoiceConfig) -> Scales {
+        config.default_scales
+    }
+}
+
+/// One sentence of input text, phonemized.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sentence {
+    /// The source text of the sentence.
+    pub text: String,
+    /// IPA phonemes with clause punctuation, as fed to the id map.
+    pub phonemes: String,
+    /// Model input ids, `^ _ p1 _ ... pn _ $`.
+    pub ids: Vec<i64>,
+}
+
+/// A loaded voice. Immutable after loading, so one instance can serve many
+/// threads (wrap it in an `Arc`).
+pub struct PiperVoice {
+    id: String,
+    config: VoiceConfig,
+    model: model::Vits,
+}
+
+impl std::fmt::Debug for PiperVoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PiperVoice")
+            .field("id", &self.id)
+            .field("sample_rate", &self.config.sample_rate)
+            .finish_non_exhaustive()
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, PiperError> {
+    std::fs::read(path).map_err(|source| PiperError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The `.onnx` a path designates: the file itself, or the only one in a
+/// directory.
+fn resolve_model_path(path: &Path) -> Result<PathBuf, PiperError> {
+    if path.is_file() {
+        return Ok(path.to_path_buf());
+    }
+    if !path.is_dir() {
+        return Err(PiperError::NotFound(path.to_path_buf()));
+    }
+    let entries = std::fs::read_dir(path).map_err(|source| PiperError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| PiperError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let p = entry.path();
+        if p.is_file() && p.extension().is_some_and(|e| e == "onnx") {
+            found.push(p);
+        }
+    }
+    match found.len() {
+        0 => Err(PiperError::NotFound(path.to_path_buf())),
+        1 => Ok(found.remove(0)),
+        _ => Err(PiperError::Ambiguous(path.to_path_buf())),
+    }
+}
+
+impl PiperVoice {
+    /// Loads a voice from its `.onnx` (with `<name>.onnx.json` beside it) or
+    /// from a directory holding exactly one `.onnx`.
+    pub fn load(path: &Path) -> Result<PiperVoice, PiperError> {
+        let model_path = resolve_model_path(path)?;
+        let mut json_path = model_path.clone().into_os_string();
+        json_path.push(".json");
+        let json_path = PathBuf::from(json_path);
+        let json = read(&json_path)?;
+        let json = String::from_utf8(json)
+            .map_err(|e| PiperError::Config(format!("{}: {e}", json_path.display())))?;
+        let config = VoiceConfig::from_json(&json)?;
+
+        let bytes = read(&model_path)?;
+        let device = Device::Cpu;
+        let weights = onnx::OnnxWeights::parse(&bytes, &device)?;
+        drop(bytes);
+        let model = model::Vits::load(&weights, &device)?;
+
+        let id = model_path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Ok(PiperVoice { id, config, model })
+    }
+
+    pub fn config(&self) -> &VoiceConfig {
+        &self.config
+    }
+
+    /// The model file's stem, e.g. `en_US-joe-medium`.
+    pub fn voice_id(&self) -> &str {
+        &self.id
+    }
+
+    /// Output samples per model frame (256 for medium voices).
+    pub fn hop_length(&self) -> usize {
+        self.model.hop_length()
+    }
+
+    /// Splits text into sentences and phonemizes each with espeak-ng.
+    pub fn phonemize(&self, text: &str) -> Result<Vec<Sentence>, PiperError> {
+        phonemize::phonemize(&self.config, text)
+    }
+
+    /// Runs the model on one sentence's ids; mono f32 at the voice's rate.
+    /// `seed` drives the noise; with [`Scales::DETERMINISTIC`] it is unused.
+    pub fn synthesize_ids(
+        &self,
+        ids: &[i64],
+        scales: Scales,
+        seed: u64,
+    ) -> Result<Vec<f32>, PiperError> {
+        self.model.synthesize(
+            ids,
+            scales.noise_scale,
+            scales.length_scale,
+            scales.noise_w,
+            seed,
+        )
+    }
+
+    /// Phonemizes `text` and synthesizes each of its sentences in turn,
+    /// returning their audio back to back. Sentence `i` uses seed `seed + i`.
+    pub fn synthesize_sentence(
+        &self,
+        text: &str,
+        scales: Scales,
+        seed: u64,
+    ) -> Result<Vec<f32>, PiperError> {
+        let mut audio = Vec::new();
+        for (i, sentence) in self.phonemize(text)?.iter().enumerate() {
+            audio.extend(self.synthesize_ids(
+                &sentence.ids,
+                scales,
+                seed.wrapping_add(i as u64),
+            )?);
+        }
+        Ok(audio)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn voice_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<PiperVoice>();
+    }
+
+    #[test]
+    fn missing_model_is_a_typed_error() {
+        let err = PiperVoice::load(Path::new("/nonexistent/voice.onnx"));
+        assert!(matches!(err, Err(PiperError::NotFound(_))), "{err:?}");
+    }
+
+    #[test]
+    fn missing_config_is_an_io_error() -> Result<(), Box<dyn std::error::Error>> {
+        let dir =
+            std::env::temp_dir().join(format!("voxwire-piper-noconfig-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let model = dir.join("voice.onnx");
+        std::fs::write(&model, b"")?;
+        let err = PiperVoice::load(&model);
+        std::fs::remove_dir_all(&dir)?;
+        assert!(matches!(err, Err(PiperError::Io { .. })), "{err:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn garbage_model_is_a_format_error() -> Result<(), Box<dyn std::error::Error>> {
+        let dir =
+            std::env::temp_dir().join(format!("voxwire-piper-garbage-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let model = dir.join("voice.onnx");
+        std::fs::write(&model, b"\xff\xff\xff not protobuf")?;
+        std::fs::write(
+            dir.join("voice.onnx.json"),
+            r#"{"audio":{"sample_rate":22050},"espeak":{"voice":"en-us"},
+                "phoneme_id_map":{"^":[1],"_":[0],"$":[2]}}"#,
+        )?;
+        let err = PiperVoice::load(&dir);
+        std::fs::remove_dir_all(&dir)?;
+        assert!(
+            matches!(
+                err,
+                Err(PiperError::Format(_) | PiperError::MissingWeight(_))
+            ),
+            "{err:?}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn empty_directory_is_not_found() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = std::env::temp_dir().join(format!("voxwire-piper-empty-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let err = PiperVoice::load(&dir);
+        std::fs::remove_dir_all(&dir)?;
+        assert!(matches!(err, Err(PiperError::NotFound(_))), "{err:?}");
+        Ok(())
+    }
+}
