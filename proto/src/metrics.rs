@@ -4,6 +4,8 @@
 
 /// Sessions open now.
 pub const ACTIVE_SESSIONS: &str = "active_sessions";
+/// Streaming calls (Synthesize / Recognize) in flight now.
+pub const ACTIVE_STREAMS: &str = "active_streams";
 /// Requests waiting for an inference slot.
 pub const QUEUED_REQUESTS: &str = "queued_requests";
 /// The session limit actually enforced (mirrors Capabilities.max_concurrent_sessions).
@@ -22,6 +24,7 @@ pub const MAX_STREAM_SECONDS: &str = "max_stream_seconds";
 /// Every well-known key, for documentation and conformance checks.
 pub const ALL: &[&str] = &[
     ACTIVE_SESSIONS,
+    ACTIVE_STREAMS,
     QUEUED_REQUESTS,
     MAX_SESSIONS,
     REAL_TIME_FACTOR,

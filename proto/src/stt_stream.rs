@@ -342,7 +342,10 @@ mod tests {
         assert!(v.accept(&audio(640, false)).is_ok());
         assert!(matches!(
             v.accept(&audio(0, true)),
-            Ok(SttInput::Audio { end_of_audio: true, .. })
+            Ok(SttInput::Audio {
+                end_of_audio: true,
+                ..
+            })
         ));
         assert!(v.ended());
     }
@@ -363,7 +366,10 @@ mod tests {
         for _ in 0..16 {
             assert!(v.accept(&audio(1000, false)).is_ok());
         }
-        assert_eq!(rule_of(v.accept(&audio(1000, false))), Rule::SttDurationLimit);
+        assert_eq!(
+            rule_of(v.accept(&audio(1000, false))),
+            Rule::SttDurationLimit
+        );
         let mut v = SttRequestValidator::new(limits);
         assert!(v.accept(&config(8_000)).is_ok());
         assert!(v.accept(&audio(2, true)).is_ok());

@@ -138,7 +138,10 @@ impl TtsStreamValidator {
             };
             return Err(Violation::new(
                 rule,
-                format!("{what} (sequence {}) after the final one", frame.sequence_number),
+                format!(
+                    "{what} (sequence {}) after the final one",
+                    frame.sequence_number
+                ),
             ));
         }
         if frame.session_id != self.session_id {

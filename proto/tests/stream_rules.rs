@@ -315,7 +315,11 @@ fn valid_stt_case() -> impl Strategy<Value = SttCase> {
             let utterances: Vec<Utterance> = raw
                 .into_iter()
                 .map(|(partials, final_text)| Utterance {
-                    partials: if partials_requested { partials } else { Vec::new() },
+                    partials: if partials_requested {
+                        partials
+                    } else {
+                        Vec::new()
+                    },
                     final_text,
                 })
                 .collect();
@@ -430,7 +434,8 @@ impl SttMutation {
                 events.pop();
             }
             SttMutation::DuplicateFinal => {
-                let finals: Vec<usize> = (0..events.len()).filter(|&i| events[i].is_final).collect();
+                let finals: Vec<usize> =
+                    (0..events.len()).filter(|&i| events[i].is_final).collect();
                 let i = finals[at % finals.len()];
                 let copy = events[i].clone();
                 events.insert(i + 1, copy);
@@ -469,7 +474,9 @@ impl SttMutation {
                 // A partial whose utterance is still open gets the next id.
                 let i = *partial_positions.get(at % partial_positions.len().max(1))?;
                 let open = events[i].utterance_id;
-                let later = events.iter().position(|e| e.utterance_id == open && e.sequence_number > events[i].sequence_number)?;
+                let later = events.iter().position(|e| {
+                    e.utterance_id == open && e.sequence_number > events[i].sequence_number
+                })?;
                 events[later].utterance_id = open + 100;
             }
             SttMutation::BadOffsets => {

@@ -1,0 +1,324 @@
+//! What every voxwire server does the same way, written once: logging to
+//! stderr, `grpc.health.v1` with readiness that starts NOT_SERVING, gRPC
+//! reflection, and drain on SIGTERM (report NOT_SERVING, refuse new work,
+//! finish in-flight work within a bound, exit).
+#![forbid(unsafe_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+use tonic::transport::server::Router;
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+
+pub use tonic_health::pb::health_server::HealthServer;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection service: {0}")]
+    Reflection(String),
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // A second init (tests start several servers in one process) is harmless.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// The health of one server: the overall status (`""`) and each served
+/// service's name move together.
+#[derive(Clone, Debug)]
+pub struct Health {
+    reporter: HealthReporter,
+    services: Vec<&'static str>,
+}
+
+impl Health {
+    /// A reporter and the `grpc.health.v1.Health` service to add to the
+    /// router, everything NOT_SERVING: tonic-health starts `""` as SERVING,
+    /// which would let a probe pass before the model is loaded.
+    pub async fn new(
+        services: &[&'static str],
+    ) -> (
+        Health,
+        HealthServer<impl tonic_health::pb::health_server::Health>,
+    ) {
+        let (reporter, server) = tonic_health::server::health_reporter();
+        let health = Health {
+            reporter,
+            services: services.to_vec(),
+        };
+        health.set_serving(false).await;
+        (health, server)
+    }
+
+    pub async fn set_serving(&self, serving: bool) {
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        self.reporter.set_service_status("", status).await;
+        for service in &self.services {
+            self.reporter.set_service_status(*service, status).await;
+        }
+        tracing::info!(serving, "health status");
+    }
+}
+
+/// gRPC reflection over every voxwire service and `grpc.health.v1`.
+pub fn reflection() -> Result<
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+    ServiceError,
+> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(voxwire_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServiceError::Reflection(e.to_string()))
+}
+
+/// Tracks in-flight work so a drain can refuse new work and wait for the rest.
+#[derive(Clone, Debug, Default)]
+pub struct Drain {
+    inner: Arc<DrainInner>,
+}
+
+#[derive(Debug, Default)]
+struct DrainInner {
+    draining: watch::Sender<bool>,
+    in_flight: AtomicUsize,
+    idle: Notify,
+}
+
+/// Held while one unit of work is in flight.
+#[derive(Debug)]
+pub struct InFlight {
+    inner: Arc<DrainInner>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.inner.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.inner.idle.notify_waiters();
+        }
+    }
+}
+
+impl Drain {
+    pub fn new() -> Self {
+        Drain::default()
+    }
+
+    /// Admits one unit of work, or `None` once draining (answer UNAVAILABLE).
+    pub fn admit(&self) -> Option<InFlight> {
+        if self.is_draining() {
+            return None;
+        }
+        self.inner.in_flight.fetch_add(1, Ordering::AcqRel);
+        Some(InFlight {
+            inner: Arc::clone(&self.inner),
+        })
+    }
+
+    pub fn is_draining(&self) -> bool {
+        *self.inner.draining.borrow()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.inner.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Resolves when a drain starts.
+    pub async fn started(&self) {
+        let mut rx = self.inner.draining.subscribe();
+        // An error means the sender is gone, which cannot happen while self lives.
+        let _ = rx.wait_for(|draining| *draining).await;
+    }
+
+    /// Starts draining and waits until nothing is in flight or `bound` passed.
+    /// Returns how much was still in flight at the end.
+    pub async fn drain(&self, bound: Duration) -> usize {
+        self.inner.draining.send_replace(true);
+        let wait = async {
+            loop {
+                let idle = self.inner.idle.notified();
+                if self.in_flight() == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        };
+        let _ = tokio::time::timeout(bound, wait).await;
+        self.in_flight()
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+/// Binds `addr` (port 0 picks a free port; the bound address is returned with
+/// the listener so tests and logs know it).
+pub async fn bind(addr: &str) -> Result<(TcpListener, SocketAddr), ServiceError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServiceError::Bind {
+            addr: addr.to_string(),
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| ServiceError::Bind {
+        addr: addr.to_string(),
+        source,
+    })?;
+    Ok((listener, local))
+}
+
+/// Serves `router` on `listener` until `stop` resolves, then drains: NOT_SERVING,
+/// new work refused by [`Drain::admit`], in-flight work given `drain_bound`
+/// to finish. Open streams that never end on their own (health Watch) do not
+/// hold the process: the server is given a moment more, then dropped.
+pub async fn serve(
+    router: Router,
+    listener: TcpListener,
+    health: Health,
+    drain: Drain,
+    drain_bound: Duration,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServiceError> {
+    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+    let drainer = {
+        let drain = drain.clone();
+        async move {
+            stop.await;
+            tracing::info!("draining");
+            health.set_serving(false).await;
+            let left = drain.drain(drain_bound).await;
+            if left > 0 {
+                tracing::warn!(left, "drain bound reached with work in flight");
+            } else {
+                tracing::info!("drained");
+            }
+            let _ = drained_tx.send(());
+        }
+    };
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let server = router.serve_with_incoming_shutdown(incoming, drainer);
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => result.map_err(ServiceError::from),
+        () = async {
+            let _ = drained_rx.await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        } => Ok(()),
+    }
+}
+
+/// Serves `GET /metrics` (Prometheus text format, from `render`) on `addr`
+/// until the process ends. A worker's metrics port is optional; failing to
+/// bind it is an error the caller reports.
+pub async fn serve_metrics(
+    addr: &str,
+    render: std::sync::Arc<dyn Fn() -> String + Send + Sync>,
+) -> Result<SocketAddr, ServiceError> {
+    let (listener, local) = bind(addr).await?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let render = std::sync::Arc::clone(&render);
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
+                    render(),
+                )
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("metrics server failed: {e}");
+        }
+    });
+    Ok(local)
+}
+
+/// Renders gauges in Prometheus text format, `prefix_name value` per line.
+pub fn render_gauges<'a>(prefix: &str, gauges: impl IntoIterator<Item = (&'a str, f64)>) -> String {
+    let mut out = String::new();
+    for (name, value) in gauges {
+        out.push_str(&format!(
+            "# TYPE {prefix}_{name} gauge\n{prefix}_{name} {value}\n"
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn drain_refuses_new_work_and_waits_for_old() {
+        let drain = Drain::new();
+        let held = drain.admit().expect("admitted before drain");
+        let releaser = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            drop(held);
+        });
+        let left = drain.drain(Duration::from_secs(5)).await;
+        assert_eq!(left, 0);
+        assert!(drain.admit().is_none());
+        releaser.await.expect("releaser");
+    }
+
+    #[tokio::test]
+    async fn drain_gives_up_at_its_bound() {
+        let drain = Drain::new();
+        let _held = drain.admit().expect("admitted");
+        let left = drain.drain(Duration::from_millis(20)).await;
+        assert_eq!(left, 1);
+    }
+}

@@ -1,0 +1,254 @@
+//! Flags, start-up and shutdown of the TTS worker.
+//!
+//! The port is bound first and health answers NOT_SERVING while the voice
+//! loads; SERVING comes only after one warm-up synthesis. SIGTERM drains.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tonic::transport::Server;
+use voxwire_proto::service_names;
+use voxwire_proto::tts::tts_service_server::TtsServiceServer;
+use voxwire_service::{Drain, Health, ServiceError};
+
+use crate::engine::{piper_voice_id, Catalogue, EngineError, VoiceSource};
+use crate::service::{TtsServiceImpl, TtsWorker, WorkerConfig};
+
+/// The voice used when neither --voice nor a catalogue preference says otherwise.
+pub const DEFAULT_PIPER_DIR: &str = "piper-en_US-joe-medium";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EngineKind {
+    /// A Piper voice run on candle (the product).
+    Piper,
+    /// Deterministic tones derived from the text: tests and load runs only.
+    Tone,
+}
+
+/// voxwire TTS worker: text in, a stream of 20 ms PCM frames out.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "tts-worker", version, about)]
+pub struct Args {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "VOXWIRE_LISTEN", default_value = "0.0.0.0:50061")]
+    pub listen: String,
+    /// Synthesis engine.
+    #[arg(long, env = "VOXWIRE_ENGINE", value_enum, default_value = "piper")]
+    pub engine: EngineKind,
+    /// A Piper voice: the .onnx (with its .onnx.json beside it) or a directory
+    /// holding voices. Default: VOXWIRE_MODEL_DIR/piper-en_US-joe-medium.
+    #[arg(long, env = "VOXWIRE_VOICE")]
+    pub voice: Option<PathBuf>,
+    /// Directory laid out like shared/models, for the default voice.
+    #[arg(long, env = "VOXWIRE_MODEL_DIR")]
+    pub model_dir: Option<PathBuf>,
+    /// Sessions open at once; StartSession past it fails RESOURCE_EXHAUSTED.
+    #[arg(long, env = "VOXWIRE_MAX_SESSIONS", default_value_t = 64)]
+    pub max_sessions: usize,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, env = "VOXWIRE_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+    /// Longest text one Synthesize call may carry, in characters.
+    #[arg(long, env = "VOXWIRE_MAX_TEXT_CHARS", default_value_t = 20_000)]
+    pub max_text_chars: usize,
+    /// Sentences synthesized at once (default: the number of cores).
+    #[arg(long, env = "VOXWIRE_INFERENCE_SLOTS")]
+    pub inference_slots: Option<usize>,
+    /// Pace frames at real time, as a live source would (load tests).
+    #[arg(long, env = "VOXWIRE_REALTIME")]
+    pub realtime: bool,
+    /// Bound on finishing in-flight work after SIGTERM, in seconds.
+    #[arg(long, env = "VOXWIRE_DRAIN_SECONDS", default_value_t = 10)]
+    pub drain_seconds: u64,
+    /// Close sessions unused for this long, in seconds.
+    #[arg(long, env = "VOXWIRE_SESSION_IDLE_SECONDS", default_value_t = 300)]
+    pub session_idle_seconds: u64,
+}
+
+impl Args {
+    /// Defaults for tests: the tone engine on a free loopback port.
+    pub fn tone_for_tests() -> Args {
+        Args {
+            listen: "127.0.0.1:0".to_string(),
+            engine: EngineKind::Tone,
+            voice: None,
+            model_dir: None,
+            max_sessions: 64,
+            metrics_listen: None,
+            max_text_chars: 20_000,
+            inference_slots: None,
+            realtime: false,
+            drain_seconds: 5,
+            session_idle_seconds: 300,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("{0}")]
+    Config(String),
+    #[error("server task failed: {0}")]
+    Join(String),
+}
+
+/// The voices this worker offers and which one is the default.
+pub fn catalogue(args: &Args) -> Result<(Catalogue, String), WorkerError> {
+    let mut catalogue = Catalogue::default();
+    match args.engine {
+        EngineKind::Tone => {
+            catalogue.insert("tone", VoiceSource::Tone);
+            Ok((catalogue, "tone".to_string()))
+        }
+        EngineKind::Piper => {
+            let path = match (&args.voice, &args.model_dir) {
+                (Some(voice), _) => voice.clone(),
+                (None, Some(dir)) => dir.join(DEFAULT_PIPER_DIR),
+                (None, None) => {
+                    return Err(WorkerError::Config(
+                        "no voice: give --voice PATH or set VOXWIRE_MODEL_DIR".to_string(),
+                    ))
+                }
+            };
+            let default = add_piper_path(&mut catalogue, &path)?;
+            Ok((catalogue, default))
+        }
+    }
+}
+
+fn add_piper_path(catalogue: &mut Catalogue, path: &Path) -> Result<String, WorkerError> {
+    if path.is_dir() {
+        catalogue
+            .add_piper_dir(path)
+            .map_err(|e| WorkerError::Config(format!("cannot read {}: {e}", path.display())))?;
+        return catalogue.ids().next().map(str::to_string).ok_or_else(|| {
+            WorkerError::Config(format!(
+                "{} holds no Piper voice (.onnx with its .onnx.json)",
+                path.display()
+            ))
+        });
+    }
+    let id = piper_voice_id(path).ok_or_else(|| {
+        WorkerError::Config(format!(
+            "{} is not a Piper voice (.onnx with its .onnx.json beside it)",
+            path.display()
+        ))
+    })?;
+    catalogue.insert(id.clone(), VoiceSource::Piper(path.to_path_buf()));
+    Ok(id)
+}
+
+/// A worker started by [`start`].
+pub struct RunningWorker {
+    pub addr: SocketAddr,
+    pub worker: Arc<TtsWorker>,
+    task: JoinHandle<Result<(), WorkerError>>,
+}
+
+impl RunningWorker {
+    /// Waits until the worker stops (its `stop` future resolved and it
+    /// drained), or fails (the voice did not load).
+    pub async fn wait(self) -> Result<(), WorkerError> {
+        self.task
+            .await
+            .map_err(|e| WorkerError::Join(e.to_string()))?
+    }
+}
+
+/// Binds, serves (NOT_SERVING), loads and warms the voice in the background
+/// (then SERVING), and drains when `stop` resolves.
+pub async fn start(
+    args: &Args,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<RunningWorker, WorkerError> {
+    let (catalogue, default_model) = catalogue(args)?;
+    let (listener, addr) = voxwire_service::bind(&args.listen).await?;
+    let (health, health_service) = Health::new(&[service_names::TTS]).await;
+    let drain = Drain::new();
+    let config = WorkerConfig {
+        default_model,
+        max_sessions: args.max_sessions,
+        max_text_chars: args.max_text_chars,
+        inference_slots: args.inference_slots.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        }),
+        realtime: args.realtime,
+        session_idle: Duration::from_secs(args.session_idle_seconds),
+    };
+    let worker = TtsWorker::new(config, catalogue, drain.clone());
+    if let Some(metrics_addr) = &args.metrics_listen {
+        let w = Arc::clone(&worker);
+        let bound = voxwire_service::serve_metrics(
+            metrics_addr,
+            Arc::new(move || {
+                let metrics = w.load_metrics();
+                voxwire_service::render_gauges(
+                    "voxwire_tts",
+                    metrics.iter().map(|(k, v)| (k.as_str(), *v)),
+                )
+            }),
+        )
+        .await?;
+        tracing::info!(%bound, "metrics listening");
+    }
+    let router = Server::builder()
+        .add_service(health_service)
+        .add_service(voxwire_service::reflection()?)
+        .add_service(TtsServiceServer::new(TtsServiceImpl::new(Arc::clone(
+            &worker,
+        ))));
+    tracing::info!(%addr, "tts-worker listening (NOT_SERVING until the voice is warm)");
+
+    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<EngineError>();
+    {
+        let worker = Arc::clone(&worker);
+        let health = health.clone();
+        tokio::spawn(async move {
+            match worker.load_default_and_warm_up().await {
+                Ok(()) => health.set_serving(true).await,
+                Err(error) => {
+                    tracing::error!(%error, "the voice did not load");
+                    let _ = failed_tx.send(error);
+                }
+            }
+        });
+    }
+    {
+        let worker = Arc::clone(&worker);
+        let period = (worker_idle(args) / 4).max(Duration::from_secs(1));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tick.tick().await;
+                worker.reap_idle_sessions();
+            }
+        });
+    }
+    let drain_bound = Duration::from_secs(args.drain_seconds);
+    let task = tokio::spawn(async move {
+        let serve = voxwire_service::serve(router, listener, health, drain, drain_bound, stop);
+        tokio::select! {
+            result = serve => result.map_err(WorkerError::from),
+            Ok(error) = failed_rx => Err(WorkerError::Engine(error)),
+        }
+    });
+    Ok(RunningWorker { addr, worker, task })
+}
+
+fn worker_idle(args: &Args) -> Duration {
+    Duration::from_secs(args.session_idle_seconds)
+}
+
+/// Runs until SIGTERM (then drains and returns) or a start-up failure.
+pub async fn run(args: Args) -> Result<(), WorkerError> {
+    let running = start(&args, voxwire_service::shutdown_signal()).await?;
+    running.wait().await
+}
