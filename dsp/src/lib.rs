@@ -133,7 +133,13 @@ impl StreamResampler {
             let indexing = Indexing::new().partial_len(take);
             let mut padded = chunk;
             padded.resize(need, 0.0);
-            Self::run(resampler, &padded, Some(&indexing), &mut self.scratch, &mut out)?;
+            Self::run(
+                resampler,
+                &padded,
+                Some(&indexing),
+                &mut self.scratch,
+                &mut out,
+            )?;
             guard += 1;
         }
         let mut out = self.trim(out);
@@ -180,10 +186,7 @@ pub fn f32_to_i16(samples: &[f32]) -> Vec<i16> {
 
 /// 16-bit PCM to f32 in [-1, 1).
 pub fn i16_to_f32(samples: &[i16]) -> Vec<f32> {
-    samples
-        .iter()
-        .map(|&s| f32::from(s) / 32768.0)
-        .collect()
+    samples.iter().map(|&s| f32::from(s) / 32768.0).collect()
 }
 
 #[cfg(test)]
@@ -211,7 +214,11 @@ mod tests {
         let input = sine(22_050, 440.0, 1.0);
         let output = resample(&input, 22_050, 48_000).expect("resample");
         let expected = (input.len() as f64 * 48_000.0 / 22_050.0).ceil() as usize;
-        assert!(output.len().abs_diff(expected) <= 1, "{} vs {expected}", output.len());
+        assert!(
+            output.len().abs_diff(expected) <= 1,
+            "{} vs {expected}",
+            output.len()
+        );
         let hz = frequency(&output[4800..43_200], 48_000);
         assert!((hz - 440.0).abs() < 3.0, "{hz} Hz");
     }
@@ -227,7 +234,11 @@ mod tests {
             }
             out.extend(stream.finish().expect("finish"));
             let expected = input.len() / 3;
-            assert!(out.len().abs_diff(expected) <= 1, "piece {piece}: {}", out.len());
+            assert!(
+                out.len().abs_diff(expected) <= 1,
+                "piece {piece}: {}",
+                out.len()
+            );
             let hz = frequency(&out[1600..out.len() - 1600], 16_000);
             assert!((hz - 300.0).abs() < 3.0, "piece {piece}: {hz} Hz");
         }
