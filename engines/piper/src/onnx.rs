@@ -108,7 +108,7 @@ fn module_of_node(node_name: &str) -> Option<String> {
 fn decode_f32(t: &TensorProto) -> Result<Vec<f32>, PiperError> {
     match t.data_type {
         DATA_TYPE_FLOAT if !t.raw_data.is_empty() => {
-            if t.raw_data.len() % 4 != 0 {
+            if !t.raw_data.len().is_multiple_of(4) {
                 return Err(format_err(format!(
                     "tensor {}: raw data is not f32",
                     t.name
@@ -131,7 +131,7 @@ fn decode_f32(t: &TensorProto) -> Result<Vec<f32>, PiperError> {
                     .map(|b| u16::from_le_bytes([b[0], b[1]]))
                     .collect()
             };
-            Ok(bits.into_iter().map(|b| half_to_f32(b)).collect())
+            Ok(bits.into_iter().map(half_to_f32).collect())
         }
         other => Err(format_err(format!(
             "tensor {}: unsupported data type {other}",
@@ -182,7 +182,8 @@ impl OnnxWeights {
         for node in &graph.node {
             node_inputs.insert(node.name.clone(), node.input.clone());
             let is_conv = node.op_type == "Conv" || node.op_type == "ConvTranspose";
-            if !is_conv && !(node.op_type == "Gather" && node.name == "/enc_p/emb/Gather") {
+            let is_embedding = node.op_type == "Gather" && node.name == "/enc_p/emb/Gather";
+            if !is_conv && !is_embedding {
                 continue;
             }
             let Some(module) = module_of_node(&node.name) else {
