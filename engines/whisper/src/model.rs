@@ -1,0 +1,625 @@
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, IndexOp, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::whisper::{self as whisper, audio, model::Whisper, Config};
+use tokenizers::Tokenizer;
+
+use crate::error::WhisperError;
+
+/// Samples in one 30 s encoder window.
+const WINDOW_SAMPLES: usize = whisper::N_SAMPLES;
+/// When a clip is longer than a window, the cut is searched for in this last
+/// stretch of the window: long enough to hold a pause between phrases.
+const CUT_SEARCH_SAMPLES: usize = 5 * whisper::SAMPLE_RATE;
+/// Whisper's limit on sampled tokens per window (half the text context).
+const MAX_WINDOW_TOKENS: usize = 224;
+/// No speaker produces more than this many tokens per second of audio; a decode
+/// that runs past it is looping, so it is stopped early and judged failed,
+/// rather than spending 224 decoder steps on a repetition.
+const MAX_TOKENS_PER_SECOND: f64 = 8.0;
+/// Windows quieter than this RMS hold no speech; decoding them only invites
+/// hallucinated text.
+const SILENT_WINDOW_RMS: f32 = 1e-4;
+/// Whisper's thresholds: a decode more repetitive than this (zlib ratio) or
+/// less likely than this (mean log-probability per token) is retried hotter.
+const COMPRESSION_RATIO_THRESHOLD: f64 = whisper::COMPRESSION_RATIO_THRESHOLD;
+const LOGPROB_THRESHOLD: f64 = whisper::LOGPROB_THRESHOLD;
+const NO_SPEECH_THRESHOLD: f64 = whisper::NO_SPEECH_THRESHOLD;
+const DEFAULT_SEED: u64 = 0x5EED_CAFE_F00D_0001;
+
+/// The result of transcribing a stretch of audio.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transcription {
+    /// The words, trimmed; empty when nothing was said.
+    pub text: String,
+    /// Mean log-probability of the chosen tokens (end-of-text included), over
+    /// all windows; 0 when nothing was decoded.
+    pub avg_logprob: f32,
+    /// `exp(avg_logprob)`: the geometric-mean token probability, 0..1. It is 0
+    /// when the text is empty.
+    pub confidence: f32,
+    /// The model's probability that the (first) window holds no speech.
+    pub no_speech_prob: f32,
+    /// The highest sampling temperature any window needed (0 = greedy held).
+    pub temperature: f32,
+    /// How many 30 s encoder windows the audio took.
+    pub windows: usize,
+}
+
+impl Transcription {
+    fn empty() -> Self {
+        Transcription {
+            text: String::new(),
+            avg_logprob: 0.0,
+            confidence: 0.0,
+            no_speech_prob: 1.0,
+            temperature: 0.0,
+            windows: 0,
+        }
+    }
+}
+
+/// How hard [`WhisperModel`] tries on one window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Effort {
+    /// Greedy only: cheap, for partial results that are overwritten anyway.
+    Greedy,
+    /// Greedy, then sampling at rising temperatures while the decode looks
+    /// degenerate, as Whisper does.
+    Fallback,
+}
+
+/// Whisper loaded once. Cloning is cheap (the weights are shared), and each
+/// call works on its own copy of the decoder state, so one model serves many
+/// threads at once.
+#[derive(Clone)]
+pub struct WhisperModel {
+    inner: Arc<Inner>,
+    seed: u64,
+}
+
+struct Inner {
+    whisper: Whisper,
+    config: Config,
+    tokenizer: Tokenizer,
+    mel_filters: Vec<f32>,
+    device: Device,
+    /// Token ids never sampled: the config's suppress_tokens, plus every special
+    /// and timestamp token except end-of-text (the prompt asks for no
+    /// timestamps, and a special token mid-transcript is meaningless).
+    suppressed: Vec<usize>,
+    /// Extra ids suppressed on the first sampled token only: a leading blank or
+    /// an immediate end-of-text.
+    begin_suppressed: Vec<usize>,
+    sot: u32,
+    eot: u32,
+    no_timestamps: u32,
+    no_speech: usize,
+}
+
+impl std::fmt::Debug for WhisperModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WhisperModel")
+            .field("config", &self.inner.config)
+            .field("seed", &self.seed)
+            .finish_non_exhaustive()
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, WhisperError> {
+    std::fs::read(path).map_err(|source| WhisperError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn token_id(tokenizer: &Tokenizer, token: &'static str) -> Result<u32, WhisperError> {
+    tokenizer
+        .token_to_id(token)
+        .ok_or(WhisperError::MissingToken(token))
+}
+
+impl WhisperModel {
+    /// Loads `config.json`, `tokenizer.json`, `model.safetensors` (any float
+    /// dtype; computed in f32) and `mel_filters_80.f32le` (or
+    /// `mel_filters_128.f32le` for 128-bin models) from `dir`.
+    pub fn load(dir: &Path) -> Result<WhisperModel, WhisperError> {
+        let device = Device::Cpu;
+        let config_path = dir.join("config.json");
+        let raw: serde_json::Value =
+            serde_json::from_slice(&read(&config_path)?).map_err(|e| WhisperError::Format {
+                path: config_path.clone(),
+                message: e.to_string(),
+            })?;
+        let config: Config =
+            serde_json::from_value(raw.clone()).map_err(|e| WhisperError::Format {
+                path: config_path.clone(),
+                message: e.to_string(),
+            })?;
+        let begin_suppress: Vec<usize> = raw
+            .get("begin_suppress_tokens")
+            .and_then(|v| serde_json::from_value::<Vec<usize>>(v.clone()).ok())
+            .unwrap_or_default();
+
+        let tokenizer_path = dir.join("tokenizer.json");
+        let tokenizer =
+            Tokenizer::from_file(&tokenizer_path).map_err(|e| WhisperError::Tokenizer {
+                path: tokenizer_path.clone(),
+                message: e.to_string(),
+            })?;
+        let sot = token_id(&tokenizer, whisper::SOT_TOKEN)?;
+        let eot = token_id(&tokenizer, whisper::EOT_TOKEN)?;
+        let no_timestamps = token_id(&tokenizer, whisper::NO_TIMESTAMPS_TOKEN)?;
+        let no_speech = whisper::NO_SPEECH_TOKENS
+            .iter()
+            .find_map(|t| tokenizer.token_to_id(t))
+            .ok_or(WhisperError::MissingToken(whisper::NO_SPEECH_TOKENS[0]))?;
+
+        let filters_path = dir.join(format!("mel_filters_{}.f32le", config.num_mel_bins));
+        let bytes = read(&filters_path)?;
+        let expected = config.num_mel_bins * (whisper::N_FFT / 2 + 1);
+        if bytes.len() != expected * 4 {
+            return Err(WhisperError::Format {
+                path: filters_path,
+                message: format!("{} bytes, expected {expected} f32 values", bytes.len()),
+            });
+        }
+        let mel_filters: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+
+        let weights_path = dir.join("model.safetensors");
+        // Buffered, not memory-mapped: mapping a file is unsafe code, and the
+        // weights are converted to f32 on load anyway.
+        let vb = VarBuilder::from_buffered_safetensors(read(&weights_path)?, DType::F32, &device)?;
+        let whisper = Whisper::load(&vb, config.clone())?;
+
+        let vocab = config.vocab_size;
+        let mut suppressed: Vec<usize> = config
+            .suppress_tokens
+            .iter()
+            .map(|&t| t as usize)
+            .filter(|&t| t < vocab)
+            .collect();
+        // Special tokens sit above end-of-text in every Whisper vocabulary.
+        suppressed.extend((eot as usize + 1)..vocab);
+        suppressed.sort_unstable();
+        suppressed.dedup();
+        let begin_suppressed = begin_suppress.into_iter().filter(|&t| t < vocab).collect();
+
+        Ok(WhisperModel {
+            inner: Arc::new(Inner {
+                whisper,
+                config,
+                tokenizer,
+                mel_filters,
+                device,
+                suppressed,
+                begin_suppressed,
+                sot,
+                eot,
+                no_timestamps,
+                no_speech: no_speech as usize,
+            }),
+            seed: DEFAULT_SEED,
+        })
+    }
+
+    /// The same model with another seed for temperature-fallback sampling.
+    /// Transcripts are reproducible for a given seed.
+    pub fn with_sampling_seed(mut self, seed: u64) -> WhisperModel {
+        self.seed = seed;
+        self
+    }
+
+    /// Transcribes 16 kHz mono PCM of any length. Audio longer than 30 s is
+    /// cut into windows at the quietest point near each window's end, so no
+    /// word is split between two windows. Blocks for the whole computation.
+    pub fn transcribe(&self, pcm_16k: &[f32]) -> Result<Transcription, WhisperError> {
+        self.transcribe_with(pcm_16k, Effort::Fallback)
+    }
+
+    pub(crate) fn transcribe_with(
+        &self,
+        pcm: &[f32],
+        effort: Effort,
+    ) -> Result<Transcription, WhisperError> {
+        if let Some(index) = pcm.iter().position(|s| !s.is_finite()) {
+            return Err(WhisperError::NonFiniteAudio { index });
+        }
+        let mut whisper = self.inner.whisper.clone();
+        let mut rng = SplitMix64(self.seed);
+        let mut texts: Vec<String> = Vec::new();
+        let mut logprob_sum = 0.0f64;
+        let mut token_count = 0usize;
+        let mut first_no_speech: Option<f64> = None;
+        let mut max_temperature = 0.0f64;
+        let mut windows = 0usize;
+
+        let mut start = 0usize;
+        while start < pcm.len() {
+            let end = if pcm.len() - start <= WINDOW_SAMPLES {
+                pcm.len()
+            } else {
+                let search_from = start + WINDOW_SAMPLES - CUT_SEARCH_SAMPLES;
+                quietest_point(pcm, search_from, start + WINDOW_SAMPLES)
+            };
+            let window = &pcm[start..end];
+            start = end;
+            windows += 1;
+            if rms(window) < SILENT_WINDOW_RMS {
+                continue;
+            }
+            let decoded = self.decode_window(&mut whisper, window, effort, &mut rng)?;
+            first_no_speech.get_or_insert(decoded.no_speech_prob);
+            max_temperature = max_temperature.max(decoded.temperature);
+            if decoded.is_silence() {
+                continue;
+            }
+            // The end-of-text token counts as one, as in Whisper's average.
+            logprob_sum += decoded.sum_logprob;
+            token_count += decoded.tokens.len() + 1;
+            let text = self.detokenize(&decoded.tokens)?;
+            if !text.is_empty() {
+                texts.push(text);
+            }
+        }
+
+        let mut result = Transcription::empty();
+        result.windows = windows;
+        result.temperature = max_temperature as f32;
+        result.no_speech_prob = first_no_speech.unwrap_or(1.0) as f32;
+        result.text = texts.join(" ");
+        if token_count > 0 {
+            let avg = logprob_sum / token_count as f64;
+            result.avg_logprob = avg as f32;
+            if !result.text.is_empty() {
+                result.confidence = avg.exp().clamp(0.0, 1.0) as f32;
+            }
+        }
+        Ok(result)
+    }
+
+    fn detokenize(&self, tokens: &[u32]) -> Result<String, WhisperError> {
+        let text = self
+            .inner
+            .tokenizer
+            .decode(tokens, true)
+            .map_err(|e| WhisperError::Detokenize(e.to_string()))?;
+        Ok(text.trim().to_string())
+    }
+
+    /// Log-mel features of one window (at most 30 s), padded with the mel of
+    /// silence to the 3000 frames the encoder expects.
+    fn mel(&self, window: &[f32]) -> Result<Tensor, WhisperError> {
+        let inner = &self.inner;
+        let n_mels = inner.config.num_mel_bins;
+        // pcm_to_mel appends at least 15 s of silence, so there are always
+        // enough frames; only the first window's worth is wanted.
+        let mel = audio::pcm_to_mel(&inner.config, window, &inner.mel_filters);
+        let frames = mel.len() / n_mels;
+        let mel = Tensor::from_vec(mel, (1, n_mels, frames), &inner.device)?;
+        if frames >= whisper::N_FRAMES {
+            Ok(mel.narrow(2, 0, whisper::N_FRAMES)?)
+        } else {
+            // Not reached with pcm_to_mel's padding, but cheap to keep correct:
+            // pad with the quietest value the normalisation produces.
+            let pad = Tensor::full(
+                mel.min_all()?.to_scalar::<f32>()?,
+                (1, n_mels, whisper::N_FRAMES - frames),
+                &inner.device,
+            )?;
+            Ok(Tensor::cat(&[&mel, &pad], 2)?)
+        }
+    }
+
+    fn decode_window(
+        &self,
+        whisper: &mut Whisper,
+        window: &[f32],
+        effort: Effort,
+        rng: &mut SplitMix64,
+    ) -> Result<WindowDecode, WhisperError> {
+        let mel = self.mel(window)?;
+        let features = whisper.encoder.forward(&mel, true)?;
+        let seconds = window.len() as f64 / f64::from(crate::SAMPLE_RATE);
+        let max_tokens =
+            ((seconds * MAX_TOKENS_PER_SECOND).ceil() as usize).clamp(32, MAX_WINDOW_TOKENS);
+        let temperatures: &[f64] = match effort {
+            Effort::Greedy => &whisper::TEMPERATURES[..1],
+            Effort::Fallback => &whisper::TEMPERATURES,
+        };
+        let mut best: Option<WindowDecode> = None;
+        for &temperature in temperatures {
+            let decoded = self.decode_tokens(whisper, &features, temperature, max_tokens, rng)?;
+            if !decoded.needs_fallback() || decoded.is_silence() {
+                return Ok(decoded);
+            }
+            best = Some(match best {
+                Some(previous) if previous.preference() >= decoded.preference() => previous,
+                _ => decoded,
+            });
+        }
+        // Every temperature failed: keep the least bad attempt rather than
+        // nothing, as Whisper does.
+        best.ok_or(WhisperError::Model(candle_core::Error::Msg(
+            "no temperature to decode with".into(),
+        )))
+    }
+
+    fn decode_tokens(
+        &self,
+        whisper: &mut Whisper,
+        features: &Tensor,
+        temperature: f64,
+        max_tokens: usize,
+        rng: &mut SplitMix64,
+    ) -> Result<WindowDecode, WhisperError> {
+        let inner = &self.inner;
+        let prompt = [inner.sot, inner.no_timestamps];
+        let mut tokens: Vec<u32> = prompt.to_vec();
+        let mut sum_logprob = 0.0f64;
+        let mut no_speech_prob = 0.0f64;
+        let mut finished = false;
+        for step in 0..max_tokens {
+            let input = Tensor::new(tokens.as_slice(), &inner.device)?.unsqueeze(0)?;
+            // The first step of each decode must flush: the cross-attention
+            // cache belongs to the previous window's (or attempt's) features.
+            let hidden = whisper.decoder.forward(&input, features, step == 0)?;
+            let seq_len = hidden.dim(1)?;
+            if step == 0 {
+                let at_sot = whisper.decoder.final_linear(&hidden.i((..1, ..1))?)?;
+                let logits: Vec<f32> = at_sot.i(0)?.i(0)?.to_vec1()?;
+                no_speech_prob = log_softmax(&logits)
+                    .get(inner.no_speech)
+                    .map_or(0.0, |lp| lp.exp());
+            }
+            let last = whisper
+                .decoder
+                .final_linear(&hidden.i((..1, seq_len - 1..))?)?;
+            let mut logits: Vec<f32> = last.i(0)?.i(0)?.to_vec1()?;
+            for &id in &inner.suppressed {
+                logits[id] = f32::NEG_INFINITY;
+            }
+            if step == 0 {
+                for &id in &inner.begin_suppressed {
+                    logits[id] = f32::NEG_INFINITY;
+                }
+            }
+            let logprobs = log_softmax(&logits);
+            let next = if temperature > 0.0 {
+                sample(&logits, temperature, rng)
+            } else {
+                argmax(&logits)
+            };
+            sum_logprob += logprobs[next];
+            if next as u32 == inner.eot {
+                finished = true;
+                break;
+            }
+            tokens.push(next as u32);
+        }
+        let tokens = tokens.split_off(prompt.len());
+        let text = self.detokenize(&tokens)?;
+        Ok(WindowDecode {
+            avg_logprob: sum_logprob / (tokens.len() + 1) as f64,
+            compression_ratio: compression_ratio(&text),
+            tokens,
+            sum_logprob,
+            no_speech_prob,
+            temperature,
+            finished,
+        })
+    }
+}
+
+/// One window's decode at one temperature.
+struct WindowDecode {
+    tokens: Vec<u32>,
+    sum_logprob: f64,
+    avg_logprob: f64,
+    no_speech_prob: f64,
+    compression_ratio: f64,
+    temperature: f64,
+    /// Whether end-of-text was reached before the token limit.
+    finished: bool,
+}
+
+impl WindowDecode {
+    fn needs_fallback(&self) -> bool {
+        !self.finished
+            || self.compression_ratio > COMPRESSION_RATIO_THRESHOLD
+            || self.avg_logprob < LOGPROB_THRESHOLD
+    }
+
+    /// Whisper's no-speech rule: the model both expects silence and is unsure
+    /// of what it wrote.
+    fn is_silence(&self) -> bool {
+        self.no_speech_prob > NO_SPEECH_THRESHOLD && self.avg_logprob < LOGPROB_THRESHOLD
+    }
+
+    /// Orders failed attempts: finished and not repetitive first, then by
+    /// likelihood.
+    fn preference(&self) -> (bool, bool, OrderedF64) {
+        (
+            self.finished,
+            self.compression_ratio <= COMPRESSION_RATIO_THRESHOLD,
+            OrderedF64(self.avg_logprob),
+        )
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, PartialOrd)]
+struct OrderedF64(f64);
+
+impl Eq for OrderedF64 {}
+
+impl Ord for OrderedF64 {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+fn log_softmax(logits: &[f32]) -> Vec<f64> {
+    let max = logits
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max)
+        .max(-1e30);
+    let max = f64::from(max);
+    let sum: f64 = logits.iter().map(|&l| (f64::from(l) - max).exp()).sum();
+    let log_sum = sum.ln() + max;
+    logits.iter().map(|&l| f64::from(l) - log_sum).collect()
+}
+
+fn argmax(values: &[f32]) -> usize {
+    values
+        .iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |(best, best_value), (i, &v)| {
+            if v > best_value {
+                (i, v)
+            } else {
+                (best, best_value)
+            }
+        })
+        .0
+}
+
+fn sample(logits: &[f32], temperature: f64, rng: &mut SplitMix64) -> usize {
+    let max = f64::from(logits[argmax(logits)]);
+    let weights: Vec<f64> = logits
+        .iter()
+        .map(|&l| ((f64::from(l) - max) / temperature).exp())
+        .collect();
+    let total: f64 = weights.iter().sum();
+    let mut target = rng.next_f64() * total;
+    for (i, w) in weights.iter().enumerate() {
+        target -= w;
+        if target <= 0.0 && *w > 0.0 {
+            return i;
+        }
+    }
+    argmax(logits)
+}
+
+/// Whisper's repetition measure: text bytes over zlib-compressed bytes.
+fn compression_ratio(text: &str) -> f64 {
+    if text.is_empty() {
+        return 0.0;
+    }
+    let mut encoder = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    let compressed = encoder
+        .write_all(text.as_bytes())
+        .and_then(|()| encoder.finish());
+    match compressed {
+        Ok(bytes) if !bytes.is_empty() => text.len() as f64 / bytes.len() as f64,
+        // Writing to a Vec cannot fail; if it somehow did, call it unrepetitive.
+        _ => 0.0,
+    }
+}
+
+pub(crate) fn rms(samples: &[f32]) -> f32 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    let energy: f64 = samples.iter().map(|&s| f64::from(s) * f64::from(s)).sum();
+    (energy / samples.len() as f64).sqrt() as f32
+}
+
+/// The sample index in `from..to` at the centre of the quietest 200 ms stretch,
+/// measured in 10 ms steps: where a cut is least likely to split a word.
+pub(crate) fn quietest_point(pcm: &[f32], from: usize, to: usize) -> usize {
+    const STEP: usize = 160;
+    const SPAN: usize = 20;
+    let to = to.min(pcm.len());
+    let from = from.min(to);
+    let energies: Vec<f64> = pcm[from..to]
+        .chunks(STEP)
+        .map(|c| c.iter().map(|&s| f64::from(s) * f64::from(s)).sum())
+        .collect();
+    if energies.len() <= SPAN {
+        return from + (to - from) / 2;
+    }
+    let mut sum: f64 = energies[..SPAN].iter().sum();
+    let mut best = (sum, 0usize);
+    for i in SPAN..energies.len() {
+        sum += energies[i] - energies[i - SPAN];
+        // `<=` prefers the latest quiet stretch, keeping windows long.
+        if sum <= best.0 {
+            best = (sum, i + 1 - SPAN);
+        }
+    }
+    (from + (best.1 + SPAN / 2) * STEP).min(to)
+}
+
+/// A small seedable generator for temperature sampling; statistical quality
+/// beyond uniformity does not matter here, reproducibility does.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quietest_point_finds_the_gap() {
+        let mut pcm = vec![0.5f32; 16_000];
+        for s in &mut pcm[9_000..11_000] {
+            *s = 0.0;
+        }
+        let cut = quietest_point(&pcm, 0, pcm.len());
+        assert!((9_000..11_000).contains(&cut), "cut at {cut}");
+    }
+
+    #[test]
+    fn compression_ratio_flags_repetition() {
+        let varied = "The quick brown fox jumps over the lazy dog near the river bank.";
+        let looped = "and then I said ".repeat(12);
+        assert!(compression_ratio(varied) < COMPRESSION_RATIO_THRESHOLD);
+        assert!(
+            compression_ratio(&looped) > COMPRESSION_RATIO_THRESHOLD,
+            "{}",
+            compression_ratio(&looped)
+        );
+    }
+
+    #[test]
+    fn sampling_is_reproducible_and_follows_the_distribution() {
+        let logits = [0.0f32, 2.0, f32::NEG_INFINITY];
+        let mut a = SplitMix64(7);
+        let mut b = SplitMix64(7);
+        let draws: Vec<usize> = (0..1000).map(|_| sample(&logits, 1.0, &mut a)).collect();
+        let again: Vec<usize> = (0..1000).map(|_| sample(&logits, 1.0, &mut b)).collect();
+        assert_eq!(draws, again);
+        assert!(!draws.contains(&2));
+        let ones = draws.iter().filter(|&&d| d == 1).count();
+        // p(1) = e^2 / (1 + e^2) ≈ 0.88.
+        assert!((830..930).contains(&ones), "{ones}");
+    }
+
+    #[test]
+    fn log_softmax_normalises() {
+        let lp = log_softmax(&[1.0, 2.0, 3.0, f32::NEG_INFINITY]);
+        let total: f64 = lp.iter().map(|l| l.exp()).sum();
+        assert!((total - 1.0).abs() < 1e-9);
+        assert_eq!(lp[3], f64::NEG_INFINITY);
+    }
+}

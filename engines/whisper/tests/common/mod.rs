@@ -1,0 +1,104 @@
+//! Real speech for the tests, spoken by espeak-ng at test time.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use voxwire_whisper::{RecognizerEvent, WhisperModel, SAMPLE_RATE};
+
+/// The model, or `None` when the test should skip (outside CI only).
+pub fn model() -> Option<WhisperModel> {
+    let dir = voxwire_testkit::model_dir(voxwire_testkit::WHISPER_TINY_EN)?;
+    match WhisperModel::load(&dir) {
+        Ok(model) => Some(model),
+        Err(e) => panic!("loading {}: {e}", dir.display()),
+    }
+}
+
+fn scratch_wav(tag: &str) -> PathBuf {
+    let unique = format!(
+        "voxwire-whisper-{}-{}-{tag}.wav",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    );
+    std::env::temp_dir().join(unique)
+}
+
+/// `text` spoken by espeak-ng (en-us, 160 words per minute) as 16 kHz f32.
+/// `None` when espeak-ng is missing outside CI; in CI that is a failure.
+pub fn speak(text: &str) -> Option<Vec<f32>> {
+    let path = scratch_wav("speech");
+    let status = Command::new("espeak-ng")
+        .args(["-v", "en-us", "-s", "160", "-w"])
+        .arg(&path)
+        .arg(text)
+        .status();
+    match status {
+        Ok(status) if status.success() => {}
+        other => {
+            if voxwire_testkit::in_ci() {
+                panic!("espeak-ng is required in CI: {other:?}");
+            }
+            eprintln!("SKIPPED: espeak-ng is not available ({other:?})");
+            return None;
+        }
+    }
+    let mut reader = hound::WavReader::open(&path).expect("espeak-ng wrote a WAV");
+    let spec = reader.spec();
+    assert_eq!(spec.channels, 1, "espeak-ng speaks mono");
+    let samples: Vec<f32> = reader
+        .samples::<i16>()
+        .map(|s| f32::from(s.expect("a 16-bit sample")) / 32768.0)
+        .collect();
+    let _ = std::fs::remove_file(&path);
+    Some(voxwire_dsp::resample(&samples, spec.sample_rate, SAMPLE_RATE).expect("resampling"))
+}
+
+pub fn silence(ms: u32) -> Vec<f32> {
+    vec![0.0; (SAMPLE_RATE / 1000 * ms) as usize]
+}
+
+/// Maps engine events to the protocol's and checks every rule, including the
+/// final owed after the end of audio.
+pub fn validate(
+    streamed: &[RecognizerEvent],
+    after_end: &[RecognizerEvent],
+    partials: bool,
+) {
+    use voxwire_proto::stt::TranscriptEvent;
+    use voxwire_proto::stt_stream::SttStreamValidator;
+    let mut validator = SttStreamValidator::new("test-session", partials);
+    let mut sequence = 0i64;
+    let mut to_proto = |e: &RecognizerEvent| {
+        sequence += 1;
+        TranscriptEvent {
+            session_id: "test-session".into(),
+            utterance_id: e.utterance_id,
+            is_final: e.is_final,
+            sequence_number: sequence,
+            text: e.text.clone(),
+            start_ms: e.start_ms,
+            end_ms: e.end_ms,
+            confidence: e.confidence,
+        }
+    };
+    for event in streamed {
+        let proto = to_proto(event);
+        if let Err(v) = validator.observe(&proto) {
+            panic!("{event:?} breaks the rules: {v:?}");
+        }
+    }
+    validator.end_of_audio();
+    for event in after_end {
+        let proto = to_proto(event);
+        if let Err(v) = validator.observe(&proto) {
+            panic!("{event:?} after the end of audio breaks the rules: {v:?}");
+        }
+    }
+    if let Err(v) = validator.finish() {
+        panic!("the stream ended badly: {v:?}");
+    }
+}
