@@ -1,0 +1,19 @@
+//! `voxctl health`: is this server SERVING? Container health checks call it,
+//! so the question asked is the real one (not "does the port accept TCP").
+
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+use crate::{connect, ClientError};
+
+/// The status `service` reports (`""` for the whole server).
+pub async fn check(target: &str, service: &str) -> Result<ServingStatus, ClientError> {
+    let channel = connect(target).await?;
+    let response = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.to_string(),
+        })
+        .await?;
+    Ok(ServingStatus::try_from(response.into_inner().status).unwrap_or(ServingStatus::Unknown))
+}
