@@ -17,6 +17,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod config;
+mod conv;
 mod espeak;
 mod model;
 mod onnx;

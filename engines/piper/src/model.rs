@@ -10,6 +10,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 
+use crate::conv::FusedConv1d;
 use crate::onnx::{ConvAttrs, OnnxWeights};
 use crate::spline;
 use crate::PiperError;
@@ -38,6 +39,8 @@ struct Conv1d {
     /// `[c_out, 1]`, ready to broadcast over time.
     bias: Option<Tensor>,
     attrs: ConvAttrs,
+    /// The fast path for ordinary (ungrouped, unstrided) wide kernels.
+    fused: Option<FusedConv1d>,
 }
 
 impl Conv1d {
@@ -52,11 +55,33 @@ impl Conv1d {
             None
         };
         let attrs = w.conv_attrs(module)?;
+        let fused = if attrs.groups == 1 && attrs.stride == 1 && weight.dim(2)? > 1 {
+            Some(FusedConv1d::new(
+                &weight,
+                bias.as_ref(),
+                attrs.dilation,
+                attrs.padding,
+            )?)
+        } else {
+            None
+        };
         Ok(Self {
             weight,
             bias,
             attrs,
+            fused,
         })
+    }
+
+    /// `conv(leaky_relu(x))`, plus `x` itself when `residual`, in one pass.
+    fn fused_variant(&self, slope: f64, residual: bool) -> Result<FusedConv1d> {
+        let a = self.attrs;
+        if a.groups != 1 || a.stride != 1 {
+            return Err(PiperError::Format(format!("cannot fuse conv {a:?}")));
+        }
+        let op = FusedConv1d::new(&self.weight, self.bias.as_ref(), a.dilation, a.padding)?
+            .with_input_leaky_relu(slope as f32);
+        Ok(if residual { op.with_residual() } else { op })
     }
 
     fn out_channels(&self) -> Result<usize> {
@@ -69,6 +94,9 @@ impl Conv1d {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let a = self.attrs;
+        if let Some(op) = &self.fused {
+            return Ok(x.contiguous()?.apply_op1_no_bwd(op)?);
+        }
         let y = if a.groups > 1 {
             depthwise_conv1d(x, &self.weight, a)?
         } else if self.weight.dim(2)? == 1 && a.stride == 1 {
@@ -638,12 +666,13 @@ impl CouplingLayer {
     }
 }
 
+/// HiFi-GAN residual blocks, each conv fused with the leaky ReLU before it.
 #[derive(Debug, Clone)]
 enum ResBlock {
-    /// HiFi-GAN ResBlock1: pairs of convs per dilation.
-    One(Vec<(Conv1d, Conv1d)>),
-    /// ResBlock2: one conv per dilation.
-    Two(Vec<Conv1d>),
+    /// ResBlock1: pairs of convs per dilation; the second adds the residual.
+    One(Vec<(FusedConv1d, FusedConv1d)>),
+    /// ResBlock2: one conv per dilation, residual included.
+    Two(Vec<FusedConv1d>),
 }
 
 impl ResBlock {
@@ -653,8 +682,10 @@ impl ResBlock {
             let mut pairs = Vec::new();
             while w.contains(&format!("{module}.convs1.{i}.weight")) {
                 pairs.push((
-                    Conv1d::load(w, &format!("{module}.convs1.{i}"))?,
-                    Conv1d::load(w, &format!("{module}.convs2.{i}"))?,
+                    Conv1d::load(w, &format!("{module}.convs1.{i}"))?
+                        .fused_variant(LRELU_SLOPE, false)?,
+                    Conv1d::load(w, &format!("{module}.convs2.{i}"))?
+                        .fused_variant(LRELU_SLOPE, false)?,
                 ));
                 i += 1;
             }
@@ -662,7 +693,10 @@ impl ResBlock {
         } else {
             let mut convs = Vec::new();
             while w.contains(&format!("{module}.convs.{i}.weight")) {
-                convs.push(Conv1d::load(w, &format!("{module}.convs.{i}"))?);
+                convs.push(
+                    Conv1d::load(w, &format!("{module}.convs.{i}"))?
+                        .fused_variant(LRELU_SLOPE, true)?,
+                );
                 i += 1;
             }
             if convs.is_empty() {
@@ -675,19 +709,18 @@ impl ResBlock {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut x = x.clone();
+        let mut x = x.contiguous()?;
         match self {
             Self::One(pairs) => {
                 for (c1, c2) in pairs {
-                    let xt = c1.forward(&leaky_relu(&x, LRELU_SLOPE)?)?;
-                    let xt = c2.forward(&leaky_relu(&xt, LRELU_SLOPE)?)?;
+                    let xt = x.apply_op1_no_bwd(c1)?;
+                    let xt = xt.apply_op1_no_bwd(c2)?;
                     x = (xt + x)?;
                 }
             }
             Self::Two(convs) => {
                 for c in convs {
-                    let xt = c.forward(&leaky_relu(&x, LRELU_SLOPE)?)?;
-                    x = (xt + x)?;
+                    x = x.apply_op1_no_bwd(c)?;
                 }
             }
         }

@@ -1,0 +1,215 @@
+//! A fused 1-D convolution as a candle custom op, for the convolutions that
+//! dominate synthesis time (HiFi-GAN resblocks, flow WaveNets).
+//!
+//! candle's CPU conv1d materialises the whole im2col matrix, then transposes
+//! the result: several passes over buffers as large as the audio times the
+//! channels times the kernel. Here the time axis is cut into blocks whose
+//! im2col slice stays in cache; each block is one GEMM (matrixmultiply, via
+//! ndarray's safe API) written straight into the output, with the input's
+//! leaky ReLU, the bias and the residual connection folded into the passes
+//! that already touch the data. Blocks run in parallel on rayon's pool, which
+//! honours `RAYON_NUM_THREADS` like candle's own kernels.
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use ndarray::{linalg::general_mat_mul, ArrayView2, ArrayViewMut2, Axis};
+use rayon::prelude::*;
+
+/// im2col floats per block: sized to stay within a per-core L2 cache.
+const BLOCK_FLOATS: usize = 64 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct FusedConv1d {
+    /// `[c_out, c_in * k]`, PyTorch's weight layout flattened.
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    c_in: usize,
+    c_out: usize,
+    k: usize,
+    dilation: usize,
+    padding: usize,
+    /// Leaky ReLU slope applied to the input before convolving.
+    input_slope: Option<f32>,
+    /// Add the (pre-activation) input to the output.
+    residual: bool,
+}
+
+impl FusedConv1d {
+    pub fn new(
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        dilation: usize,
+        padding: usize,
+    ) -> candle_core::Result<Self> {
+        let (c_out, c_in, k) = weight.dims3()?;
+        let bias = match bias {
+            Some(b) => b.flatten_all()?.to_vec1::<f32>()?,
+            None => vec![0.0; c_out],
+        };
+        Ok(Self {
+            weight: weight.flatten_all()?.to_vec1::<f32>()?,
+            bias,
+            c_in,
+            c_out,
+            k,
+            dilation,
+            padding,
+            input_slope: None,
+            residual: false,
+        })
+    }
+
+    pub fn with_input_leaky_relu(mut self, slope: f32) -> Self {
+        self.input_slope = Some(slope);
+        self
+    }
+
+    pub fn with_residual(mut self) -> Self {
+        self.residual = true;
+        self
+    }
+
+    /// Fills `col` (`[c_in * k, n]`) with the activated, zero-padded input
+    /// windows for output steps `t0 .. t0 + n`.
+    fn im2col(&self, x: &[f32], t: usize, t0: usize, n: usize, col: &mut [f32]) {
+        for ci in 0..self.c_in {
+            let xrow = &x[ci * t..(ci + 1) * t];
+            for kk in 0..self.k {
+                let row = &mut col[(ci * self.k + kk) * n..][..n];
+                // Output step t0 + j reads input t0 + j + kk * dilation - padding.
+                let shift = t0 + kk * self.dilation;
+                let lo = self.padding.saturating_sub(shift).min(n);
+                let hi = (t + self.padding).saturating_sub(shift).min(n).max(lo);
+                row[..lo].fill(0.0);
+                row[hi..].fill(0.0);
+                if lo == hi {
+                    continue;
+                }
+                let src = &xrow[shift + lo - self.padding..shift + hi - self.padding];
+                match self.input_slope {
+                    Some(s) => {
+                        for (d, &v) in row[lo..hi].iter_mut().zip(src) {
+                            *d = if v < 0.0 { v * s } else { v };
+                        }
+                    }
+                    None => row[lo..hi].copy_from_slice(src),
+                }
+            }
+        }
+    }
+}
+
+impl CustomOp1 for FusedConv1d {
+    fn name(&self) -> &'static str {
+        "piper-fused-conv1d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (b, c, t) = layout.shape().dims3()?;
+        if b != 1 || c != self.c_in {
+            candle_core::bail!(
+                "fused conv1d: input {:?} for {} input channels",
+                layout.shape(),
+                self.c_in
+            )
+        }
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("fused conv1d: f32 input required")
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("fused conv1d: contiguous input required")
+        };
+        let x = &data[start..end];
+        let span = self.dilation * (self.k - 1);
+        let t_out = (t + 2 * self.padding).saturating_sub(span);
+        if self.residual && (t_out != t || self.c_out != self.c_in) {
+            candle_core::bail!("fused conv1d: residual needs a same-shape output")
+        }
+        let rows = self.c_in * self.k;
+        let block = (BLOCK_FLOATS / rows).clamp(64, 4096);
+        let w = ArrayView2::from_shape((self.c_out, rows), &self.weight)
+            .map_err(candle_core::Error::wrap)?;
+
+        let mut out = vec![0f32; self.c_out * t_out];
+        let mut out_view = ArrayViewMut2::from_shape((self.c_out, t_out), &mut out)
+            .map_err(candle_core::Error::wrap)?;
+        out_view
+            .axis_chunks_iter_mut(Axis(1), block)
+            .into_par_iter()
+            .enumerate()
+            .try_for_each(|(i, mut dst)| -> candle_core::Result<()> {
+                let t0 = i * block;
+                let n = dst.ncols();
+                let mut col = vec![0f32; rows * n];
+                self.im2col(x, t, t0, n, &mut col);
+                for (o, mut row) in dst.axis_iter_mut(Axis(0)).enumerate() {
+                    let bias = self.bias[o];
+                    if self.residual {
+                        let res = &x[o * t + t0..o * t + t0 + n];
+                        for (d, &r) in row.iter_mut().zip(res) {
+                            *d = r + bias;
+                        }
+                    } else {
+                        row.fill(bias);
+                    }
+                }
+                let col =
+                    ArrayView2::from_shape((rows, n), &col).map_err(candle_core::Error::wrap)?;
+                general_mat_mul(1.0, &w, &col, 1.0, &mut dst);
+                Ok(())
+            })?;
+        Ok((CpuStorage::F32(out), Shape::from((1, self.c_out, t_out))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn check(
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        dilation: usize,
+        t: usize,
+    ) -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (1, c_in, t), &dev)?;
+        let w = Tensor::randn(0f32, 0.3, (c_out, c_in, k), &dev)?;
+        let b = Tensor::randn(0f32, 1.0, c_out, &dev)?;
+        let padding = dilation * (k - 1) / 2;
+        let op = FusedConv1d::new(&w, Some(&b), dilation, padding)?;
+        let got = x.apply_op1_no_bwd(&op)?;
+        let want = x
+            .conv1d(&w, padding, 1, dilation, 1)?
+            .broadcast_add(&b.reshape((c_out, 1))?)?;
+        let err = (got - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(err < 1e-4, "plain: {err}");
+
+        if c_in == c_out {
+            let op = op.with_input_leaky_relu(0.1).with_residual();
+            let got = x.apply_op1_no_bwd(&op)?;
+            let act = x.maximum(&(&x * 0.1)?)?;
+            let want = (act
+                .conv1d(&w, padding, 1, dilation, 1)?
+                .broadcast_add(&b.reshape((c_out, 1))?)?
+                + &x)?;
+            let err = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(err < 1e-4, "fused: {err}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn matches_candle_conv1d() -> candle_core::Result<()> {
+        check(8, 8, 3, 1, 50)?;
+        check(8, 8, 7, 12, 300)?; // receptive field wider than some blocks' padding
+        check(6, 10, 5, 2, 5000)?; // several blocks
+        check(4, 4, 5, 6, 3)?; // shorter than the padding
+        Ok(())
+    }
+}
