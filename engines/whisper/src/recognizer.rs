@@ -327,7 +327,9 @@ impl Recognizer {
         &mut self,
         utterance: &mut Utterance,
     ) -> Result<Option<RecognizerEvent>, WhisperError> {
-        let result = self.model.transcribe_with(&utterance.audio, Effort::Greedy)?;
+        let result = self
+            .model
+            .transcribe_with(&utterance.audio, Effort::Greedy)?;
         if result.text.trim().is_empty() {
             return Ok(None);
         }

@@ -78,7 +78,10 @@ pub(crate) fn level_db(frame: &[f32]) -> f32 {
     if frame.is_empty() {
         return -100.0;
     }
-    let power: f64 = frame.iter().map(|&s| f64::from(s) * f64::from(s)).sum::<f64>()
+    let power: f64 = frame
+        .iter()
+        .map(|&s| f64::from(s) * f64::from(s))
+        .sum::<f64>()
         / frame.len() as f64;
     (10.0 * (power + 1e-10).log10()) as f32
 }

@@ -35,7 +35,9 @@ const CHUNK: usize = (SAMPLE_RATE / 50) as usize;
 #[test]
 fn transcribes_a_few_sentences() {
     let Some(model) = common::model() else { return };
-    let Some(pcm) = common::speak(FEW_SENTENCES) else { return };
+    let Some(pcm) = common::speak(FEW_SENTENCES) else {
+        return;
+    };
     let result = model.transcribe(&pcm).expect("transcribe");
     let wer = word_error_rate(FEW_SENTENCES, &result.text);
     eprintln!("WER {wer:.3}: {:?}", result.text);
@@ -48,9 +50,14 @@ fn transcribes_a_few_sentences() {
 #[test]
 fn transcribes_over_thirty_seconds_without_losing_the_seam() {
     let Some(model) = common::model() else { return };
-    let Some(pcm) = common::speak(LONG_PARAGRAPH) else { return };
+    let Some(pcm) = common::speak(LONG_PARAGRAPH) else {
+        return;
+    };
     let seconds = pcm.len() as f64 / f64::from(SAMPLE_RATE);
-    assert!(seconds > 32.0, "the paragraph must need two windows: {seconds:.1} s");
+    assert!(
+        seconds > 32.0,
+        "the paragraph must need two windows: {seconds:.1} s"
+    );
     let result = model.transcribe(&pcm).expect("transcribe");
     let wer = word_error_rate(LONG_PARAGRAPH, &result.text);
     eprintln!("{seconds:.1} s, WER {wer:.3}: {:?}", result.text);
@@ -62,7 +69,10 @@ fn transcribes_over_thirty_seconds_without_losing_the_seam() {
     assert!(text.contains("cathedral"), "{text}");
 }
 
-fn stream(recognizer: &mut Recognizer, pcm: &[f32]) -> (Vec<RecognizerEvent>, Vec<RecognizerEvent>) {
+fn stream(
+    recognizer: &mut Recognizer,
+    pcm: &[f32],
+) -> (Vec<RecognizerEvent>, Vec<RecognizerEvent>) {
     let mut streamed = Vec::new();
     for chunk in pcm.chunks(CHUNK) {
         streamed.extend(recognizer.push(chunk).expect("push"));
@@ -74,8 +84,12 @@ fn stream(recognizer: &mut Recognizer, pcm: &[f32]) -> (Vec<RecognizerEvent>, Ve
 #[test]
 fn recognizer_ends_two_utterances_at_the_pause() {
     let Some(model) = common::model() else { return };
-    let Some(first) = common::speak(FIRST) else { return };
-    let Some(second) = common::speak(SECOND) else { return };
+    let Some(first) = common::speak(FIRST) else {
+        return;
+    };
+    let Some(second) = common::speak(SECOND) else {
+        return;
+    };
     let mut pcm = first.clone();
     pcm.extend(common::silence(1_500));
     let second_start_ms = (pcm.len() as u64 * 1000 / u64::from(SAMPLE_RATE)) as i64;
@@ -89,13 +103,18 @@ fn recognizer_ends_two_utterances_at_the_pause() {
     common::validate(&streamed, &after_end, true);
 
     let all: Vec<&RecognizerEvent> = streamed.iter().chain(&after_end).collect();
-    assert!(all.iter().filter(|e| !e.is_final).all(|e| !e.text.trim().is_empty()));
+    assert!(all
+        .iter()
+        .filter(|e| !e.is_final)
+        .all(|e| !e.text.trim().is_empty()));
     assert!(
         all.iter().any(|e| !e.is_final),
         "partials were requested and each sentence lasts over a second"
     );
-    let spoken: Vec<&&RecognizerEvent> =
-        all.iter().filter(|e| e.is_final && !e.text.is_empty()).collect();
+    let spoken: Vec<&&RecognizerEvent> = all
+        .iter()
+        .filter(|e| e.is_final && !e.text.is_empty())
+        .collect();
     assert_eq!(spoken.len(), 2, "two utterances: {spoken:?}");
     for (event, script) in spoken.iter().zip([FIRST, SECOND]) {
         let wer = word_error_rate(script, &event.text);
@@ -104,7 +123,11 @@ fn recognizer_ends_two_utterances_at_the_pause() {
     assert_eq!((spoken[0].utterance_id, spoken[1].utterance_id), (1, 2));
     // The boundary lies in the pause, give or take the pre-roll.
     assert!(spoken[0].end_ms <= second_start_ms, "{:?}", spoken[0]);
-    assert!(spoken[1].start_ms >= second_start_ms - 300, "{:?}", spoken[1]);
+    assert!(
+        spoken[1].start_ms >= second_start_ms - 300,
+        "{:?}",
+        spoken[1]
+    );
     assert!(spoken[1].start_ms > spoken[0].end_ms);
 }
 
@@ -128,7 +151,9 @@ fn silence_alone_finishes_with_one_empty_final() {
 #[test]
 fn silence_transcribes_to_nothing() {
     let Some(model) = common::model() else { return };
-    let result = model.transcribe(&common::silence(2_000)).expect("transcribe");
+    let result = model
+        .transcribe(&common::silence(2_000))
+        .expect("transcribe");
     assert_eq!(result.text, "");
     assert_eq!(result.confidence, 0.0);
     let result = model.transcribe(&[]).expect("transcribe");

@@ -63,11 +63,7 @@ pub fn silence(ms: u32) -> Vec<f32> {
 
 /// Maps engine events to the protocol's and checks every rule, including the
 /// final owed after the end of audio.
-pub fn validate(
-    streamed: &[RecognizerEvent],
-    after_end: &[RecognizerEvent],
-    partials: bool,
-) {
+pub fn validate(streamed: &[RecognizerEvent], after_end: &[RecognizerEvent], partials: bool) {
     use voxwire_proto::stt::TranscriptEvent;
     use voxwire_proto::stt_stream::SttStreamValidator;
     let mut validator = SttStreamValidator::new("test-session", partials);
