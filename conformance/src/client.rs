@@ -1,0 +1,364 @@
+//! What every case shares: the connection, unique session ids, deadlines, and
+//! the cases both services have in common (health, capabilities).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_stream::StreamExt;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+use voxwire_proto::metrics;
+use voxwire_proto::stt::stt_service_client::SttServiceClient;
+use voxwire_proto::tts::tts_service_client::TtsServiceClient;
+use voxwire_proto::tts::{EndSessionRequest, StartSessionRequest};
+
+use crate::catalogue::Service;
+use crate::outcome::{ensure, pass, pass_with, CaseResult, Failure};
+
+/// A call that should answer at once (unary calls, status codes, health).
+pub(crate) const PROMPT: Duration = Duration::from_secs(5);
+/// A whole streaming call on generated input.
+pub(crate) const CALL_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The flow-control window of each stream this client reads. Small on
+/// purpose: a worker that outpaces its reader must block on it within about
+/// 30 frames, so STOP, PAUSE and cancellation meet a synthesis still running
+/// rather than one already sitting whole in the client's buffers.
+const STREAM_WINDOW: u32 = 64 * 1024;
+
+/// Connects lazily: an unreachable target fails the cases that use it, each
+/// with the transport error, rather than the run.
+pub fn channel(target: &str) -> Result<Channel, tonic::transport::Error> {
+    let uri = if target.contains("://") {
+        target.to_string()
+    } else {
+        format!("http://{target}")
+    };
+    Ok(Endpoint::from_shared(uri)?
+        .connect_timeout(PROMPT)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(16 * STREAM_WINDOW)
+        .connect_lazy())
+}
+
+/// Everything a case needs, cheap to clone into spawned tasks.
+#[derive(Clone)]
+pub(crate) struct Ctx {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    channel: Channel,
+    case_id: &'static str,
+    seed: u64,
+    cases: u32,
+    nonce: String,
+    next_id: AtomicU64,
+}
+
+impl Ctx {
+    pub(crate) fn new(channel: Channel, case_id: &'static str, seed: u64, cases: u32) -> Ctx {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        Ctx {
+            inner: Arc::new(Inner {
+                channel,
+                case_id,
+                seed,
+                cases,
+                nonce: format!("{:x}{:x}", std::process::id(), nanos),
+                next_id: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    pub(crate) fn case_id(&self) -> &'static str {
+        self.inner.case_id
+    }
+
+    pub(crate) fn seed(&self) -> u64 {
+        self.inner.seed
+    }
+
+    pub(crate) fn cases(&self) -> u32 {
+        self.inner.cases
+    }
+
+    /// A session id no other run or case uses, so the suite can share a
+    /// worker with live traffic.
+    pub(crate) fn session_id(&self) -> String {
+        let n = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let tail = self.inner.case_id.rsplit('/').next().unwrap_or("case");
+        format!("conf-{}-{tail}-{n}", self.inner.nonce)
+    }
+
+    pub(crate) fn tts(&self) -> TtsServiceClient<Channel> {
+        TtsServiceClient::new(self.inner.channel.clone())
+    }
+
+    pub(crate) fn stt(&self) -> SttServiceClient<Channel> {
+        SttServiceClient::new(self.inner.channel.clone())
+    }
+
+    pub(crate) fn health(&self) -> HealthClient<Channel> {
+        HealthClient::new(self.inner.channel.clone())
+    }
+}
+
+pub(crate) fn status_text(status: &tonic::Status) -> String {
+    format!("{:?}: {}", status.code(), status.message())
+}
+
+/// Awaits a unary call with [`PROMPT`] as its deadline.
+pub(crate) async fn prompt<T>(
+    what: &str,
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<Result<T, tonic::Status>, Failure> {
+    match tokio::time::timeout(PROMPT, call).await {
+        Ok(result) => Ok(result.map(tonic::Response::into_inner)),
+        Err(_) => Err(Failure::new(
+            format!("{what} to answer within {} s", PROMPT.as_secs()),
+            "no answer (the call hangs)",
+        )),
+    }
+}
+
+/// Awaits a unary call that must succeed.
+pub(crate) async fn must_ok<T>(
+    what: &str,
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, Failure> {
+    prompt(what, call)
+        .await?
+        .map_err(|status| Failure::new(format!("{what} to succeed"), status_text(&status)))
+}
+
+/// Checks that a call failed with `code`.
+pub(crate) fn expect_code<T: std::fmt::Debug>(
+    what: &str,
+    result: Result<T, tonic::Status>,
+    code: tonic::Code,
+) -> Result<(), Failure> {
+    match result {
+        Err(status) if status.code() == code => Ok(()),
+        Err(status) => Err(Failure::new(
+            format!("{what} to fail {code:?}"),
+            status_text(&status),
+        )),
+        Ok(answer) => Err(Failure::new(
+            format!("{what} to fail {code:?}"),
+            format!("success: {answer:?}"),
+        )),
+    }
+}
+
+pub(crate) async fn start_tts_session(ctx: &Ctx, id: &str) -> Result<(), Failure> {
+    must_ok(
+        &format!("StartSession({id:?})"),
+        ctx.tts().start_session(StartSessionRequest {
+            session_id: id.to_string(),
+            ..Default::default()
+        }),
+    )
+    .await
+    .map(drop)
+}
+
+/// Ends a session the case opened. Best effort: the case's verdict is already
+/// made, and a worker that fails EndSession fails tts/session/end-idempotent.
+pub(crate) async fn end_tts_session(ctx: &Ctx, id: &str) {
+    let _ = tokio::time::timeout(
+        PROMPT,
+        ctx.tts().end_session(EndSessionRequest {
+            session_id: id.to_string(),
+        }),
+    )
+    .await;
+}
+
+/// The live load a service reports.
+pub(crate) async fn load_metrics(
+    ctx: &Ctx,
+    service: Service,
+) -> Result<(HashMap<String, f64>, i32), Failure> {
+    match service {
+        Service::Tts => {
+            let caps = must_ok(
+                "GetCapabilities",
+                ctx.tts()
+                    .get_capabilities(voxwire_proto::tts::GetCapabilitiesRequest {}),
+            )
+            .await?;
+            let max = caps.capabilities.map_or(0, |c| c.max_concurrent_sessions);
+            Ok((caps.metrics, max))
+        }
+        Service::Stt => {
+            let caps = must_ok(
+                "GetCapabilities",
+                ctx.stt()
+                    .get_capabilities(voxwire_proto::stt::GetCapabilitiesRequest {}),
+            )
+            .await?;
+            let max = caps.capabilities.map_or(0, |c| c.max_concurrent_sessions);
+            Ok((caps.metrics, max))
+        }
+    }
+}
+
+fn serving_name(status: i32) -> String {
+    ServingStatus::try_from(status)
+        .map_or_else(|_| format!("status {status}"), |s| format!("{s:?}"))
+}
+
+fn names(service: Service) -> [&'static str; 2] {
+    ["", service.grpc_name()]
+}
+
+pub(crate) async fn health_check(ctx: Ctx, service: Service) -> CaseResult {
+    for name in names(service) {
+        let answer = prompt(
+            "health Check",
+            ctx.health().check(HealthCheckRequest {
+                service: name.to_string(),
+            }),
+        )
+        .await?;
+        match answer {
+            Ok(response) => ensure(
+                response.status == ServingStatus::Serving as i32,
+                format!("Check({name:?}) to answer SERVING"),
+                serving_name(response.status),
+            )?,
+            Err(status) => {
+                return Err(Failure::new(
+                    format!("Check({name:?}) to answer SERVING"),
+                    status_text(&status),
+                ))
+            }
+        }
+    }
+    pass()
+}
+
+/// How long a Watch stream must stay open after its first update: a server
+/// that answers Watch like Check (one message, then end of stream) ends at once.
+const WATCH_HOLD: Duration = Duration::from_millis(500);
+
+pub(crate) async fn health_watch(ctx: Ctx, service: Service) -> CaseResult {
+    for name in names(service) {
+        let expected = format!("Watch({name:?}) to send SERVING at once and stay open");
+        let mut stream = prompt(
+            "health Watch",
+            ctx.health().watch(HealthCheckRequest {
+                service: name.to_string(),
+            }),
+        )
+        .await?
+        .map_err(|status| Failure::new(&expected, status_text(&status)))?;
+        let first = tokio::time::timeout(PROMPT, stream.next())
+            .await
+            .map_err(|_| Failure::new(&expected, "no first update within 5 s"))?;
+        match first {
+            Some(Ok(update)) => ensure(
+                update.status == ServingStatus::Serving as i32,
+                &expected,
+                format!("first update {}", serving_name(update.status)),
+            )?,
+            Some(Err(status)) => return Err(Failure::new(&expected, status_text(&status))),
+            None => return Err(Failure::new(&expected, "the stream ended with no update")),
+        }
+        match tokio::time::timeout(WATCH_HOLD, stream.next()).await {
+            // Still open: what a streaming Watch does while nothing changes.
+            Err(_) => {}
+            // A change arrived: streaming, as it should.
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(status))) => {
+                return Err(Failure::new(
+                    &expected,
+                    format!("after the first update: {}", status_text(&status)),
+                ))
+            }
+            Ok(None) => {
+                return Err(Failure::new(
+                    &expected,
+                    "the stream ended after the first update, so changes would never be sent",
+                ))
+            }
+        }
+    }
+    pass()
+}
+
+pub(crate) async fn health_unknown(ctx: Ctx) -> CaseResult {
+    let name = "voxwire.conformance.NoSuchService";
+    let answer = prompt(
+        "health Check",
+        ctx.health().check(HealthCheckRequest {
+            service: name.to_string(),
+        }),
+    )
+    .await?;
+    expect_code(&format!("Check({name:?})"), answer, tonic::Code::NotFound)?;
+    pass()
+}
+
+pub(crate) async fn caps_metrics(ctx: Ctx, service: Service) -> CaseResult {
+    let (before, max) = load_metrics(&ctx, service).await?;
+    let wanted = [
+        metrics::ACTIVE_SESSIONS,
+        metrics::ACTIVE_STREAMS,
+        metrics::MAX_SESSIONS,
+    ];
+    let missing: Vec<&str> = wanted
+        .iter()
+        .copied()
+        .filter(|key| !before.contains_key(*key))
+        .collect();
+    ensure(
+        missing.is_empty(),
+        format!("metrics keys {wanted:?}"),
+        format!(
+            "missing {missing:?} (reported: {:?})",
+            before.keys().collect::<Vec<_>>()
+        ),
+    )?;
+    let reported = before
+        .get(metrics::MAX_SESSIONS)
+        .copied()
+        .unwrap_or_default();
+    ensure(
+        max > 0 && (reported - f64::from(max)).abs() < 0.5,
+        "max_sessions metric equal to Capabilities.max_concurrent_sessions (> 0)",
+        format!("max_sessions {reported}, max_concurrent_sessions {max}"),
+    )?;
+    if service == Service::Stt {
+        return pass();
+    }
+    let id = ctx.session_id();
+    start_tts_session(&ctx, &id).await?;
+    let during = load_metrics(&ctx, service).await;
+    end_tts_session(&ctx, &id).await;
+    let (during, _) = during?;
+    let (after, _) = load_metrics(&ctx, service).await?;
+    let active =
+        |m: &HashMap<String, f64>| m.get(metrics::ACTIVE_SESSIONS).copied().unwrap_or(-1.0);
+    let (b, d, a) = (active(&before), active(&during), active(&after));
+    if (d - b - 1.0).abs() > 0.5 || (a - b).abs() > 0.5 {
+        // Other clients may share the worker: only a count that did not move
+        // at all is conclusive.
+        ensure(
+            d > b || d > a,
+            "active_sessions to count the session the suite opened",
+            format!("before {b}, with one more session {d}, after ending it {a}"),
+        )?;
+        return pass_with(format!(
+            "active_sessions {b} -> {d} -> {a} (shared worker?)"
+        ));
+    }
+    pass()
+}

@@ -1,0 +1,654 @@
+//! The STT cases. Every Recognize stream goes through `SttStreamValidator`;
+//! an event case fails only when the validator names its rule.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tonic::{Code, Status};
+use voxwire_proto::metrics;
+use voxwire_proto::stt::{RecognizeRequest, TranscriptEvent};
+use voxwire_proto::stt_stream::SttStreamValidator;
+use voxwire_proto::{Rule, Violation};
+
+use crate::catalogue::Service;
+use crate::client::{load_metrics, must_ok, status_text, Ctx, CALL_DEADLINE, PROMPT};
+use crate::inputs::{self, audio_request, config_request, AudioEnd, AudioInput, Segment};
+use crate::outcome::{ensure, ms, pass, pass_with, skip, CaseResult, Failure, TraceEntry};
+use crate::prop::{self, Probe};
+
+const DEFAULT_RATES: [u32; 5] = [8_000, 16_000, 22_050, 44_100, 48_000];
+/// The chunk limit assumed when the worker advertises none (the proto
+/// crate's default).
+const DEFAULT_CHUNK_BYTES: usize = 96_000;
+
+#[derive(Debug)]
+enum End {
+    Ok,
+    Status(Status),
+    Timeout,
+}
+
+fn end_text(end: &End) -> String {
+    match end {
+        End::Ok => "OK".to_string(),
+        End::Status(status) => status_text(status),
+        End::Timeout => format!("still open after {} s", CALL_DEADLINE.as_secs()),
+    }
+}
+
+struct Seen {
+    event: TranscriptEvent,
+    at: Duration,
+    /// Whether the client had ended its audio when the event arrived.
+    after_end: bool,
+}
+
+struct SttCall {
+    events: Vec<Seen>,
+    end: End,
+    /// When the client's end of audio went out, since the call started.
+    end_sent: Option<Duration>,
+    finished: Duration,
+}
+
+impl SttCall {
+    fn trace(&self) -> Vec<TraceEntry> {
+        self.events
+            .iter()
+            .map(|s| TraceEntry {
+                sequence_number: s.event.sequence_number,
+                detail: format!(
+                    "utt {} {:?} {}-{} ms {:?}{}",
+                    s.event.utterance_id,
+                    s.event.text,
+                    s.event.start_ms,
+                    s.event.end_ms,
+                    s.event.session_id,
+                    if s.after_end {
+                        " (after end of audio)"
+                    } else {
+                        ""
+                    }
+                ),
+                is_final: s.event.is_final,
+                at_ms: ms(s.at),
+            })
+            .collect()
+    }
+}
+
+/// Streams `requests` (with `pace` between them). The end of audio is the
+/// last request when `ends_audio`; a half-close follows either way.
+async fn recognize(
+    ctx: &Ctx,
+    requests: Vec<RecognizeRequest>,
+    pace: Duration,
+    ends_audio: bool,
+) -> SttCall {
+    let (tx, rx) = mpsc::channel(requests.len().max(1));
+    let ended = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let end_sent = Arc::new(std::sync::Mutex::new(None));
+    {
+        let ended = Arc::clone(&ended);
+        let end_sent = Arc::clone(&end_sent);
+        tokio::spawn(async move {
+            let n = requests.len();
+            for (i, request) in requests.into_iter().enumerate() {
+                if i > 0 && !pace.is_zero() {
+                    tokio::time::sleep(pace).await;
+                }
+                if tx.send(request).await.is_err() {
+                    return;
+                }
+                if i + 1 == n && ends_audio {
+                    *end_sent.lock().unwrap_or_else(|e| e.into_inner()) = Some(started.elapsed());
+                    ended.store(true, Ordering::SeqCst);
+                }
+            }
+            if !ends_audio {
+                drop(tx);
+                *end_sent.lock().unwrap_or_else(|e| e.into_inner()) = Some(started.elapsed());
+                ended.store(true, Ordering::SeqCst);
+            }
+        });
+    }
+    let rx = tokio_stream::wrappers::ReceiverStream::new(rx);
+    let mut events = Vec::new();
+    let end = match tokio::time::timeout(CALL_DEADLINE, ctx.stt().recognize(rx)).await {
+        Err(_) => End::Timeout,
+        Ok(Err(status)) => End::Status(status),
+        Ok(Ok(response)) => {
+            let mut stream = response.into_inner();
+            loop {
+                let left = CALL_DEADLINE.saturating_sub(started.elapsed());
+                match tokio::time::timeout(left, stream.next()).await {
+                    Err(_) => break End::Timeout,
+                    Ok(None) => break End::Ok,
+                    Ok(Some(Err(status))) => break End::Status(status),
+                    Ok(Some(Ok(event))) => events.push(Seen {
+                        event,
+                        at: started.elapsed(),
+                        after_end: ended.load(Ordering::SeqCst),
+                    }),
+                }
+            }
+        }
+    };
+    let finished = started.elapsed();
+    let end_sent = *end_sent.lock().unwrap_or_else(|e| e.into_inner());
+    SttCall {
+        events,
+        end,
+        end_sent,
+        finished,
+    }
+}
+
+fn validate(
+    session: &str,
+    partials: bool,
+    call: &SttCall,
+) -> Result<(), (Violation, Option<usize>)> {
+    let mut validator = SttStreamValidator::new(session, partials);
+    let mut told = false;
+    for (i, seen) in call.events.iter().enumerate() {
+        if seen.after_end && !told {
+            validator.end_of_audio();
+            told = true;
+        }
+        validator.observe(&seen.event).map_err(|v| (v, Some(i)))?;
+    }
+    if matches!(call.end, End::Ok) {
+        if call.end_sent.is_some() && !told {
+            validator.end_of_audio();
+        }
+        validator.finish().map_err(|v| (v, None))?;
+    }
+    Ok(())
+}
+
+struct Limits {
+    rates: Vec<u32>,
+    max_chunk_bytes: usize,
+}
+
+async fn limits(ctx: &Ctx) -> Result<Limits, Failure> {
+    let caps = must_ok(
+        "GetCapabilities",
+        ctx.stt()
+            .get_capabilities(voxwire_proto::stt::GetCapabilitiesRequest {}),
+    )
+    .await?;
+    let mut rates: Vec<u32> = caps
+        .capabilities
+        .map(|c| c.sample_rates)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|r| u32::try_from(r).ok())
+        .filter(|r| voxwire_proto::audio::STT_SAMPLE_RATES.contains(r))
+        .collect();
+    if rates.is_empty() {
+        rates = DEFAULT_RATES.to_vec();
+    }
+    let max_chunk_bytes = caps
+        .metrics
+        .get(metrics::MAX_CHUNK_BYTES)
+        .map_or(DEFAULT_CHUNK_BYTES, |v| *v as usize);
+    Ok(Limits {
+        rates,
+        max_chunk_bytes,
+    })
+}
+
+async fn run_input(
+    ctx: &Ctx,
+    session: &str,
+    input: &AudioInput,
+    max_chunk_bytes: usize,
+) -> SttCall {
+    recognize(
+        ctx,
+        input.requests(session, max_chunk_bytes),
+        Duration::from_millis(input.pace_ms),
+        input.end != AudioEnd::HalfClose,
+    )
+    .await
+}
+
+pub(crate) async fn event_rule(ctx: Ctx, rule: Rule) -> CaseResult {
+    let limits = limits(&ctx).await?;
+    let partials = match rule {
+        Rule::SttPartialUnrequested => Some(false),
+        Rule::SttPartialEmpty => Some(true),
+        _ => None,
+    };
+    let probe_ctx = ctx.clone();
+    let max_chunk = limits.max_chunk_bytes;
+    prop::check(
+        &ctx,
+        move || inputs::audio_input(limits.rates, partials),
+        move |input: AudioInput| {
+            let ctx = probe_ctx.clone();
+            Box::pin(async move {
+                let session = ctx.session_id();
+                let call = run_input(&ctx, &session, &input, max_chunk).await;
+                match validate(&session, input.partials, &call) {
+                    Err((violation, focus)) if violation.rule == rule => {
+                        Err(Failure::violation(&violation, call.trace(), focus))
+                    }
+                    Err((violation, _)) => Ok(Probe::Blocked(format!(
+                        "the stream broke {} first",
+                        violation.rule
+                    ))),
+                    Ok(()) => match call.end {
+                        End::Ok => Ok(Probe::Checked),
+                        other => Ok(Probe::Blocked(format!("a call ended {}", end_text(&other)))),
+                    },
+                }
+            })
+        },
+    )
+    .await
+}
+
+fn silence(rate: u32, ms: u32) -> Vec<u8> {
+    vec![0u8; (rate * ms / 1000) as usize * 2]
+}
+
+/// A call that must fail with `code`, the error arriving in time.
+async fn expect_status(
+    ctx: &Ctx,
+    what: &str,
+    requests: Vec<RecognizeRequest>,
+    code: Code,
+) -> Result<(), Failure> {
+    let call = recognize(ctx, requests, Duration::ZERO, true).await;
+    match &call.end {
+        End::Status(status) if status.code() == code => Ok(()),
+        other => Err(Failure::new(
+            format!("{what} to fail {code:?}"),
+            format!("{} events, then {}", call.events.len(), end_text(other)),
+        )
+        .with_trace(call.trace(), None)),
+    }
+}
+
+pub(crate) async fn config_first(ctx: Ctx) -> CaseResult {
+    expect_status(
+        &ctx,
+        "audio before any config",
+        vec![
+            audio_request(silence(16_000, 100), false),
+            audio_request(Vec::new(), true),
+        ],
+        Code::InvalidArgument,
+    )
+    .await?;
+    let session = ctx.session_id();
+    expect_status(
+        &ctx,
+        "a second config",
+        vec![
+            config_request(&session, 16_000, false),
+            audio_request(silence(16_000, 100), false),
+            config_request(&session, 16_000, false),
+            audio_request(Vec::new(), true),
+        ],
+        Code::InvalidArgument,
+    )
+    .await?;
+    pass()
+}
+
+pub(crate) async fn invalid_session(ctx: Ctx) -> CaseResult {
+    for id in ["", "   "] {
+        expect_status(
+            &ctx,
+            &format!("a config with session id {id:?}"),
+            vec![
+                config_request(id, 16_000, false),
+                audio_request(silence(16_000, 100), true),
+            ],
+            Code::InvalidArgument,
+        )
+        .await?;
+    }
+    pass()
+}
+
+pub(crate) async fn bad_rate(ctx: Ctx) -> CaseResult {
+    let probe_ctx = ctx.clone();
+    prop::check(&ctx, inputs::bad_sample_rate, move |rate: i32| {
+        let ctx = probe_ctx.clone();
+        Box::pin(async move {
+            let session = ctx.session_id();
+            expect_status(
+                &ctx,
+                &format!("a config with sample_rate {rate}"),
+                vec![
+                    config_request(&session, rate, false),
+                    audio_request(silence(16_000, 100), true),
+                ],
+                Code::InvalidArgument,
+            )
+            .await?;
+            Ok(Probe::Checked)
+        })
+    })
+    .await
+}
+
+pub(crate) async fn odd_bytes(ctx: Ctx) -> CaseResult {
+    let probe_ctx = ctx.clone();
+    let odd = proptest::strategy::Strategy::prop_map(0usize..1000, |n| 2 * n + 1);
+    prop::check(
+        &ctx,
+        move || odd,
+        move |len: usize| {
+            let ctx = probe_ctx.clone();
+            Box::pin(async move {
+                let session = ctx.session_id();
+                expect_status(
+                    &ctx,
+                    &format!("an audio chunk of {len} bytes"),
+                    vec![
+                        config_request(&session, 16_000, false),
+                        audio_request(vec![0u8; len], false),
+                        audio_request(Vec::new(), true),
+                    ],
+                    Code::InvalidArgument,
+                )
+                .await?;
+                Ok(Probe::Checked)
+            })
+        },
+    )
+    .await
+}
+
+pub(crate) async fn audio_after_end(ctx: Ctx) -> CaseResult {
+    let session = ctx.session_id();
+    expect_status(
+        &ctx,
+        "an audio chunk after the one with is_final",
+        vec![
+            config_request(&session, 16_000, false),
+            audio_request(silence(16_000, 100), true),
+            audio_request(silence(16_000, 100), false),
+        ],
+        Code::InvalidArgument,
+    )
+    .await?;
+    pass()
+}
+
+pub(crate) async fn chunk_limit(ctx: Ctx) -> CaseResult {
+    let caps = load_metrics(&ctx, Service::Stt).await?.0;
+    let Some(limit) = caps.get(metrics::MAX_CHUNK_BYTES).map(|v| *v as usize) else {
+        return skip("the worker does not advertise max_chunk_bytes");
+    };
+    let limit = limit & !1;
+    let session = ctx.session_id();
+    let call = recognize(
+        &ctx,
+        vec![
+            config_request(&session, 16_000, false),
+            audio_request(vec![0u8; limit], true),
+        ],
+        Duration::ZERO,
+        true,
+    )
+    .await;
+    ensure(
+        matches!(call.end, End::Ok),
+        format!("a chunk of exactly max_chunk_bytes ({limit}) to be accepted"),
+        end_text(&call.end),
+    )?;
+    let session = ctx.session_id();
+    expect_status(
+        &ctx,
+        &format!("a chunk of {} bytes (max_chunk_bytes + 2)", limit + 2),
+        vec![
+            config_request(&session, 16_000, false),
+            audio_request(vec![0u8; limit + 2], true),
+        ],
+        Code::InvalidArgument,
+    )
+    .await?;
+    pass()
+}
+
+/// Longer advertised limits are not exercised (the audio would be tens of MB).
+const DURATION_CEILING_S: f64 = 900.0;
+
+pub(crate) async fn duration_limit(ctx: Ctx) -> CaseResult {
+    let caps = load_metrics(&ctx, Service::Stt).await?.0;
+    let Some(seconds) = caps.get(metrics::MAX_STREAM_SECONDS).copied() else {
+        return skip("the worker does not advertise max_stream_seconds");
+    };
+    if seconds > DURATION_CEILING_S {
+        return skip(format!(
+            "max_stream_seconds {seconds} is above {DURATION_CEILING_S}"
+        ));
+    }
+    let chunk_bytes = caps
+        .get(metrics::MAX_CHUNK_BYTES)
+        .map_or(16_000, |v| (*v as usize).min(16_000))
+        & !1;
+    let rate = 8_000u32;
+    let total = (seconds.ceil() as usize + 1) * rate as usize * 2;
+    let session = ctx.session_id();
+    let mut requests = vec![config_request(&session, rate as i32, false)];
+    let mut sent = 0;
+    while sent < total {
+        let n = chunk_bytes.min(total - sent);
+        sent += n;
+        requests.push(audio_request(vec![0u8; n], sent >= total));
+    }
+    expect_status(
+        &ctx,
+        &format!(
+            "{} s of audio (max_stream_seconds {seconds})",
+            total / (rate as usize * 2)
+        ),
+        requests,
+        Code::OutOfRange,
+    )
+    .await?;
+    pass()
+}
+
+const CAPACITY_CEILING: i32 = 256;
+
+pub(crate) async fn capacity(ctx: Ctx) -> CaseResult {
+    let (_, max) = load_metrics(&ctx, Service::Stt).await?;
+    ensure(
+        max > 0,
+        "Capabilities.max_concurrent_sessions advertised (> 0)",
+        format!("{max}"),
+    )?;
+    if max > CAPACITY_CEILING {
+        return skip(format!(
+            "max_concurrent_sessions {max} is above the {CAPACITY_CEILING} this case opens"
+        ));
+    }
+    // Each held stream: config and a little audio sent, input kept open.
+    let mut held = Vec::new();
+    for _ in 0..max {
+        let session = ctx.session_id();
+        let (tx, rx) = mpsc::channel(4);
+        let _ = tx.send(config_request(&session, 16_000, false)).await;
+        let _ = tx.send(audio_request(silence(16_000, 100), false)).await;
+        // Awaiting the response headers: a worker admits a stream before it
+        // answers, so the next one is counted after this one.
+        let opened = tokio::time::timeout(
+            PROMPT,
+            ctx.stt()
+                .recognize(tokio_stream::wrappers::ReceiverStream::new(rx)),
+        )
+        .await;
+        match opened {
+            Ok(Ok(response)) => held.push((session, tx, response.into_inner())),
+            Ok(Err(status)) => {
+                return Err(Failure::new(
+                    format!("{max} streams (max_concurrent_sessions) to be served"),
+                    format!(
+                        "stream {} refused: {}",
+                        held.len() + 1,
+                        status_text(&status)
+                    ),
+                ))
+            }
+            Err(_) => {
+                return Err(Failure::new(
+                    format!("{max} streams to open"),
+                    format!(
+                        "stream {} got no response headers within 5 s",
+                        held.len() + 1
+                    ),
+                ))
+            }
+        }
+    }
+    let session = ctx.session_id();
+    let extra = tokio::time::timeout(
+        PROMPT * 2,
+        recognize(
+            &ctx,
+            vec![
+                config_request(&session, 16_000, false),
+                audio_request(silence(16_000, 200), true),
+            ],
+            Duration::ZERO,
+            true,
+        ),
+    )
+    .await;
+    let outcome = match extra {
+        Err(_) => Err(Failure::new(
+            format!(
+                "stream {} (past max_concurrent_sessions) to fail RESOURCE_EXHAUSTED at once",
+                max + 1
+            ),
+            "no answer within 10 s (it hangs)",
+        )),
+        Ok(call) => match &call.end {
+            End::Status(status) if status.code() == Code::ResourceExhausted => Ok(()),
+            other => Err(Failure::new(
+                format!(
+                    "stream {} (past max_concurrent_sessions) to fail RESOURCE_EXHAUSTED",
+                    max + 1
+                ),
+                format!("{} events, then {}", call.events.len(), end_text(other)),
+            )),
+        },
+    };
+    // The held streams end their audio and must each finish properly.
+    let mut finals = 0;
+    for (session, tx, mut stream) in held {
+        let _ = tx.send(audio_request(Vec::new(), true)).await;
+        drop(tx);
+        let mut validator = SttStreamValidator::new(&session, false);
+        validator.end_of_audio();
+        loop {
+            match tokio::time::timeout(CALL_DEADLINE, stream.next()).await {
+                Ok(Some(Ok(event))) => {
+                    validator
+                        .observe(&event)
+                        .map_err(|v| Failure::violation(&v, Vec::new(), None))?;
+                }
+                Ok(None) => {
+                    validator
+                        .finish()
+                        .map_err(|v| Failure::violation(&v, Vec::new(), None))?;
+                    finals += 1;
+                    break;
+                }
+                Ok(Some(Err(status))) => {
+                    return Err(Failure::new(
+                        "a held stream to finish OK",
+                        status_text(&status),
+                    ))
+                }
+                Err(_) => return Err(Failure::new("a held stream to finish", "it hangs")),
+            }
+        }
+    }
+    outcome?;
+    pass_with(format!("{finals} streams served at once"))
+}
+
+/// How long the stream may stay open after the client's end of audio.
+const CLOSE_AFTER_END: Duration = Duration::from_secs(30);
+
+pub(crate) async fn final_after_end(ctx: Ctx) -> CaseResult {
+    let limits = limits(&ctx).await?;
+    let rate = limits.rates[0];
+    for end in [AudioEnd::FinalChunk, AudioEnd::HalfClose] {
+        let input = AudioInput {
+            sample_rate: rate,
+            segments: vec![
+                Segment::Silence { ms: 200 },
+                Segment::Tone { hz: 440, ms: 600 },
+                Segment::Silence { ms: 200 },
+            ],
+            odd_tail: false,
+            chunk_ms: 100,
+            end,
+            partials: false,
+            pace_ms: 0,
+        };
+        let session = ctx.session_id();
+        let call = run_input(&ctx, &session, &input, limits.max_chunk_bytes).await;
+        let expected = format!("after end of audio by {end:?}: a final, then the stream closes OK");
+        let closed_in = call
+            .end_sent
+            .map(|sent| call.finished.saturating_sub(sent))
+            .unwrap_or_default();
+        match &call.end {
+            End::Ok if closed_in <= CLOSE_AFTER_END => {}
+            End::Ok => {
+                return Err(Failure::new(
+                    expected,
+                    format!("closed {closed_in:?} after the end of audio"),
+                ))
+            }
+            other => {
+                return Err(Failure::new(expected, end_text(other)).with_trace(call.trace(), None))
+            }
+        }
+        let final_after = call.events.iter().any(|s| s.after_end && s.event.is_final);
+        ensure(
+            final_after,
+            &expected,
+            "no final event after the end of audio",
+        )
+        .map_err(|f| f.with_trace(call.trace(), None))?;
+    }
+    pass()
+}
+
+pub(crate) async fn info_capabilities(ctx: Ctx) -> CaseResult {
+    let caps = must_ok(
+        "GetCapabilities",
+        ctx.stt()
+            .get_capabilities(voxwire_proto::stt::GetCapabilitiesRequest {}),
+    )
+    .await?;
+    let mut keys: Vec<String> = caps
+        .metrics
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    keys.sort();
+    pass_with(format!(
+        "capabilities {:?}; resident models {:?}; metrics {}",
+        caps.capabilities,
+        caps.resident_models,
+        keys.join(" ")
+    ))
+}
