@@ -15,7 +15,7 @@ use ndarray::{linalg::general_mat_mul, ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
 /// im2col floats per block: sized to stay within a per-core L2 cache.
-const BLOCK_FLOATS: usize = 64 * 1024;
+const BLOCK_FLOATS: usize = 128 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct FusedConv1d {
