@@ -1,0 +1,104 @@
+//! The orchestrator's shared state: pools and dispatchers, sessions, metrics,
+//! the registry and drain; and readiness computed from the pools.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tonic::Status;
+use tracing::Instrument;
+use voxwire_proto::tts::AudioFrame;
+use voxwire_proto::voxwire::v1::SessionState;
+use voxwire_service::{Drain, InFlight};
+
+use crate::config::Settings;
+use crate::discovery::Registry;
+use crate::endpoint::Kind;
+use crate::metrics::Metrics;
+use crate::pool::Pool;
+use crate::sessions::{ClientSession, Sessions};
+use crate::stt_dispatch::SttDispatcher;
+use crate::trace::TraceContext;
+use crate::tts_dispatch::{TtsDispatcher, TurnStats};
+
+pub struct Orchestrator {
+    pub settings: Settings,
+    pub tts: Arc<TtsDispatcher>,
+    pub stt: Arc<SttDispatcher>,
+    pub sessions: Sessions,
+    pub metrics: Arc<Metrics>,
+    pub registry: Arc<Registry>,
+    pub drain: Drain,
+}
+
+impl Orchestrator {
+    pub fn new(settings: Settings, drain: Drain) -> Arc<Orchestrator> {
+        let metrics = Arc::new(Metrics::default());
+        let tts_pool = Pool::new(Kind::Tts, settings.endpoint.clone(), Arc::clone(&metrics));
+        let stt_pool = Pool::new(Kind::Stt, settings.endpoint.clone(), Arc::clone(&metrics));
+        let registry = Registry::new(
+            Arc::clone(&tts_pool),
+            Arc::clone(&stt_pool),
+            settings.max_lease,
+        );
+        Arc::new(Orchestrator {
+            tts: Arc::new(TtsDispatcher::new(
+                tts_pool,
+                settings.dispatch.clone(),
+                Arc::clone(&metrics),
+            )),
+            stt: Arc::new(SttDispatcher::new(
+                stt_pool,
+                settings.dispatch.clone(),
+                Arc::clone(&metrics),
+            )),
+            sessions: Sessions::new(Arc::clone(&metrics)),
+            metrics,
+            registry,
+            drain,
+            settings,
+        })
+    }
+
+    pub fn pools(&self) -> [&Arc<Pool>; 2] {
+        [self.tts.pool(), self.stt.pool()]
+    }
+
+    /// Ready when every kind in use (targets configured, or workers
+    /// registered) has at least one SERVING worker, and some kind is in use.
+    pub fn is_ready(&self) -> bool {
+        let in_use = |pool: &Arc<Pool>, targets: bool| targets || !pool.is_empty();
+        let kinds = [
+            (self.tts.pool(), !self.settings.tts.is_empty()),
+            (self.stt.pool(), !self.settings.stt.is_empty()),
+        ];
+        let used: Vec<_> = kinds.iter().filter(|(p, t)| in_use(p, *t)).collect();
+        !used.is_empty() && used.iter().all(|(pool, _)| pool.any_serving())
+    }
+
+    /// Admits one unit of work, refusing with UNAVAILABLE while draining.
+    pub fn admit(&self) -> Result<InFlight, Status> {
+        self.drain
+            .admit()
+            .ok_or_else(|| Status::unavailable("HEALTH-DRAIN: the orchestrator is draining"))
+    }
+
+    /// One TTS turn of a session outside Converse: SPEAKING for its duration.
+    pub async fn tts_turn(
+        &self,
+        session: &ClientSession,
+        text: &str,
+        trace: &TraceContext,
+        out: &mpsc::Sender<AudioFrame>,
+    ) -> Result<TurnStats, Status> {
+        let mut binding = session.tts.lock().await;
+        session.transition(SessionState::Speaking);
+        let span = tracing::info_span!("turn", session = %session.id, trace_id = %trace.trace_id);
+        let result = self
+            .tts
+            .speak(&mut binding, text, trace, out)
+            .instrument(span)
+            .await;
+        session.transition(SessionState::Listening);
+        result
+    }
+}

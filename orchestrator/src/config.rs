@@ -1,0 +1,294 @@
+//! Flags (each also an environment variable `VOXWIRE_<FLAG>`) and the
+//! validated settings built from them.
+
+use std::time::Duration;
+
+use crate::backoff::{Backoff, BackoffError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("target {0:?} is not HOST:PORT or dns://NAME:PORT")]
+    Target(String),
+    #[error("{0}")]
+    Backoff(#[from] BackoffError),
+    #[error("{0} must be more than zero")]
+    Zero(&'static str),
+}
+
+/// voxwire orchestrator: holds client sessions and dispatches each turn to a
+/// TTS or STT worker chosen by health and load.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "orchestrator", version, about)]
+pub struct Args {
+    /// Address to serve gRPC on (voxwire.v1, tts.TTSService, stt.STTService).
+    #[arg(long, env = "VOXWIRE_LISTEN", default_value = "0.0.0.0:50051")]
+    pub listen: String,
+    /// TTS workers: comma-separated HOST:PORT or dns://NAME:PORT.
+    #[arg(long, env = "VOXWIRE_TTS", default_value = "")]
+    pub tts: String,
+    /// STT workers: comma-separated HOST:PORT or dns://NAME:PORT.
+    #[arg(long, env = "VOXWIRE_STT", default_value = "")]
+    pub stt: String,
+    /// Address of the HTTP side port (/metrics, /healthz, /readyz, /api/workers).
+    #[arg(long, env = "VOXWIRE_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
+    pub http_listen: String,
+    /// How often dns:// targets are resolved again, in milliseconds.
+    #[arg(long, env = "VOXWIRE_DNS_REFRESH_MS", default_value_t = 5_000)]
+    pub dns_refresh_ms: u64,
+    /// Reconnect backoff: first delay, in milliseconds.
+    #[arg(
+        long,
+        env = "VOXWIRE_CONNECT_BACKOFF_INITIAL_MS",
+        default_value_t = 100
+    )]
+    pub connect_backoff_initial_ms: u64,
+    /// Reconnect backoff: growth factor per attempt.
+    #[arg(long, env = "VOXWIRE_CONNECT_BACKOFF_FACTOR", default_value_t = 2.0)]
+    pub connect_backoff_factor: f64,
+    /// Reconnect backoff: longest delay, in milliseconds.
+    #[arg(long, env = "VOXWIRE_CONNECT_BACKOFF_MAX_MS", default_value_t = 5_000)]
+    pub connect_backoff_max_ms: u64,
+    /// Reconnect attempts before an endpoint is given up (0: never give up).
+    #[arg(long, env = "VOXWIRE_CONNECT_MAX_ATTEMPTS", default_value_t = 0)]
+    pub connect_max_attempts: u32,
+    /// Timeout of one connection attempt, in milliseconds.
+    #[arg(long, env = "VOXWIRE_CONNECT_TIMEOUT_MS", default_value_t = 2_000)]
+    pub connect_timeout_ms: u64,
+    /// Turn retry backoff: first delay, in milliseconds.
+    #[arg(long, env = "VOXWIRE_RETRY_BACKOFF_INITIAL_MS", default_value_t = 50)]
+    pub retry_backoff_initial_ms: u64,
+    /// Turn retry backoff: growth factor per attempt.
+    #[arg(long, env = "VOXWIRE_RETRY_BACKOFF_FACTOR", default_value_t = 2.0)]
+    pub retry_backoff_factor: f64,
+    /// Turn retry backoff: longest delay, in milliseconds.
+    #[arg(long, env = "VOXWIRE_RETRY_BACKOFF_MAX_MS", default_value_t = 1_000)]
+    pub retry_backoff_max_ms: u64,
+    /// Attempts per turn, the first included.
+    #[arg(long, env = "VOXWIRE_RETRY_MAX_ATTEMPTS", default_value_t = 3)]
+    pub retry_max_attempts: u32,
+    /// How long a turn waits for a SERVING worker with free capacity, in milliseconds.
+    #[arg(long, env = "VOXWIRE_READY_WAIT_MS", default_value_t = 5_000)]
+    pub ready_wait_ms: u64,
+    /// Deadline of unary worker calls (StartSession, GetCapabilities...), in milliseconds.
+    #[arg(long, env = "VOXWIRE_CALL_TIMEOUT_MS", default_value_t = 5_000)]
+    pub call_timeout_ms: u64,
+    /// Deadline for a worker's first frame of a turn, in milliseconds.
+    #[arg(long, env = "VOXWIRE_FIRST_FRAME_TIMEOUT_MS", default_value_t = 10_000)]
+    pub first_frame_timeout_ms: u64,
+    /// Longest gap between two frames of a turn, in milliseconds.
+    #[arg(long, env = "VOXWIRE_FRAME_TIMEOUT_MS", default_value_t = 5_000)]
+    pub frame_timeout_ms: u64,
+    /// Deadline of a whole streaming call (Synthesize / Recognize), in seconds.
+    #[arg(long, env = "VOXWIRE_STREAM_TIMEOUT_SECONDS", default_value_t = 600)]
+    pub stream_timeout_seconds: u64,
+    /// How often workers' load is polled with GetCapabilities (and health
+    /// probed that way for workers without grpc.health.v1), in milliseconds.
+    #[arg(long, env = "VOXWIRE_LOAD_POLL_MS", default_value_t = 1_000)]
+    pub load_poll_ms: u64,
+    /// Concurrent turns per worker when it reports no max_sessions.
+    #[arg(long, env = "VOXWIRE_DEFAULT_WORKER_CAPACITY", default_value_t = 64)]
+    pub default_worker_capacity: usize,
+    /// Longest Registry lease granted, in seconds.
+    #[arg(long, env = "VOXWIRE_MAX_LEASE_SECONDS", default_value_t = 60)]
+    pub max_lease_seconds: u32,
+    /// Bound on finishing in-flight turns after SIGTERM, in seconds.
+    #[arg(long, env = "VOXWIRE_DRAIN_SECONDS", default_value_t = 10)]
+    pub drain_seconds: u64,
+}
+
+impl Args {
+    /// Loopback defaults for tests: free ports, short waits.
+    pub fn for_tests() -> Args {
+        Args {
+            listen: "127.0.0.1:0".into(),
+            tts: String::new(),
+            stt: String::new(),
+            http_listen: "127.0.0.1:0".into(),
+            dns_refresh_ms: 200,
+            connect_backoff_initial_ms: 20,
+            connect_backoff_factor: 2.0,
+            connect_backoff_max_ms: 200,
+            connect_max_attempts: 0,
+            connect_timeout_ms: 1_000,
+            retry_backoff_initial_ms: 10,
+            retry_backoff_factor: 2.0,
+            retry_backoff_max_ms: 100,
+            retry_max_attempts: 3,
+            ready_wait_ms: 3_000,
+            call_timeout_ms: 3_000,
+            first_frame_timeout_ms: 5_000,
+            frame_timeout_ms: 3_000,
+            stream_timeout_seconds: 60,
+            load_poll_ms: 100,
+            default_worker_capacity: 64,
+            max_lease_seconds: 60,
+            drain_seconds: 2,
+        }
+    }
+}
+
+/// Where a pool's endpoints come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A fixed HOST:PORT.
+    Static(String),
+    /// `dns://NAME:PORT`: every address NAME resolves to, re-resolved.
+    Dns { host: String, port: u16 },
+}
+
+/// Parses a comma-separated TARGETS list; empty items are skipped.
+pub fn parse_targets(list: &str) -> Result<Vec<Target>, ConfigError> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(parse_target)
+        .collect()
+}
+
+fn parse_target(item: &str) -> Result<Target, ConfigError> {
+    let bad = || ConfigError::Target(item.to_string());
+    let (dns, rest) = match item.strip_prefix("dns://") {
+        Some(rest) => (true, rest),
+        None => (false, item),
+    };
+    let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if host.is_empty() || port == 0 {
+        return Err(bad());
+    }
+    Ok(if dns {
+        Target::Dns {
+            host: host.to_string(),
+            port,
+        }
+    } else {
+        Target::Static(rest.to_string())
+    })
+}
+
+/// What endpoint monitors need.
+#[derive(Debug, Clone)]
+pub struct EndpointSettings {
+    pub reconnect: Backoff,
+    pub connect_timeout: Duration,
+    pub call_timeout: Duration,
+    pub load_poll: Duration,
+    pub default_capacity: usize,
+}
+
+/// What dispatching a turn needs.
+#[derive(Debug, Clone)]
+pub struct DispatchSettings {
+    pub retry: Backoff,
+    pub ready_wait: Duration,
+    pub call_timeout: Duration,
+    pub first_frame_timeout: Duration,
+    pub frame_timeout: Duration,
+    pub stream_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub tts: Vec<Target>,
+    pub stt: Vec<Target>,
+    pub dns_refresh: Duration,
+    pub endpoint: EndpointSettings,
+    pub dispatch: DispatchSettings,
+    pub max_lease: Duration,
+    pub drain: Duration,
+}
+
+fn positive(ms: u64, name: &'static str) -> Result<Duration, ConfigError> {
+    if ms == 0 {
+        return Err(ConfigError::Zero(name));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+impl Settings {
+    pub fn from_args(args: &Args) -> Result<Settings, ConfigError> {
+        let reconnect = Backoff::new(
+            Duration::from_millis(args.connect_backoff_initial_ms),
+            args.connect_backoff_factor,
+            Duration::from_millis(args.connect_backoff_max_ms),
+            args.connect_max_attempts,
+        )?;
+        if args.retry_max_attempts == 0 {
+            return Err(ConfigError::Zero("--retry-max-attempts"));
+        }
+        let retry = Backoff::new(
+            Duration::from_millis(args.retry_backoff_initial_ms),
+            args.retry_backoff_factor,
+            Duration::from_millis(args.retry_backoff_max_ms),
+            args.retry_max_attempts,
+        )?;
+        if args.default_worker_capacity == 0 {
+            return Err(ConfigError::Zero("--default-worker-capacity"));
+        }
+        if args.max_lease_seconds == 0 {
+            return Err(ConfigError::Zero("--max-lease-seconds"));
+        }
+        Ok(Settings {
+            tts: parse_targets(&args.tts)?,
+            stt: parse_targets(&args.stt)?,
+            dns_refresh: positive(args.dns_refresh_ms, "--dns-refresh-ms")?,
+            endpoint: EndpointSettings {
+                reconnect,
+                connect_timeout: positive(args.connect_timeout_ms, "--connect-timeout-ms")?,
+                call_timeout: positive(args.call_timeout_ms, "--call-timeout-ms")?,
+                load_poll: positive(args.load_poll_ms, "--load-poll-ms")?,
+                default_capacity: args.default_worker_capacity,
+            },
+            dispatch: DispatchSettings {
+                retry,
+                ready_wait: Duration::from_millis(args.ready_wait_ms),
+                call_timeout: positive(args.call_timeout_ms, "--call-timeout-ms")?,
+                first_frame_timeout: positive(
+                    args.first_frame_timeout_ms,
+                    "--first-frame-timeout-ms",
+                )?,
+                frame_timeout: positive(args.frame_timeout_ms, "--frame-timeout-ms")?,
+                stream_timeout: Duration::from_secs(args.stream_timeout_seconds.max(1)),
+            },
+            max_lease: Duration::from_secs(u64::from(args.max_lease_seconds)),
+            drain: Duration::from_secs(args.drain_seconds),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_static_and_dns_targets() {
+        let targets = parse_targets(" 10.0.0.1:50061, dns://tts.svc:50061,,").expect("valid");
+        assert_eq!(
+            targets,
+            vec![
+                Target::Static("10.0.0.1:50061".into()),
+                Target::Dns {
+                    host: "tts.svc".into(),
+                    port: 50061
+                }
+            ]
+        );
+        assert!(parse_targets("").expect("empty").is_empty());
+        for bad in ["host", "host:x", ":80", "dns://host", "host:0"] {
+            assert!(parse_targets(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn test_defaults_are_valid_and_bad_backoff_is_refused() {
+        assert!(Settings::from_args(&Args::for_tests()).is_ok());
+        let args = Args {
+            connect_backoff_factor: 0.1,
+            ..Args::for_tests()
+        };
+        assert!(matches!(
+            Settings::from_args(&args),
+            Err(ConfigError::Backoff(_))
+        ));
+    }
+}

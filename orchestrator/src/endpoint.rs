@@ -1,0 +1,452 @@
+//! One worker endpoint: its HTTP/2 channel, kept connected with backoff, its
+//! readiness from the `grpc.health.v1` Watch stream (or, for workers without
+//! a health service, GetCapabilities probes), and its reported load.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio_stream::StreamExt;
+use tonic::transport::{Channel, Endpoint as TonicEndpoint};
+use tonic::{Code, Request, Status};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+use voxwire_proto::{metrics as keys, service_names, stt, tts};
+
+use crate::config::EndpointSettings;
+use crate::metrics::{self, Metrics};
+
+/// Which pool an endpoint serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Tts,
+    Stt,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Tts => "tts",
+            Kind::Stt => "stt",
+        }
+    }
+
+    pub fn parse(kind: &str) -> Option<Kind> {
+        match kind {
+            "tts" => Some(Kind::Tts),
+            "stt" => Some(Kind::Stt),
+            _ => None,
+        }
+    }
+
+    /// The service name a worker of this kind serves (and reports health for).
+    pub fn service_name(self) -> &'static str {
+        match self {
+            Kind::Tts => service_names::TTS,
+            Kind::Stt => service_names::STT,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum EndpointState {
+    /// Dialing, or waiting to dial again.
+    Connecting,
+    /// Connected; readiness not known yet.
+    Connected,
+    Serving,
+    NotServing,
+    /// Connection lost; reconnecting.
+    Disconnected,
+    /// Reconnect attempts exhausted (--connect-max-attempts).
+    Failed,
+}
+
+impl EndpointState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndpointState::Connecting => "CONNECTING",
+            EndpointState::Connected => "CONNECTED",
+            EndpointState::Serving => "SERVING",
+            EndpointState::NotServing => "NOT_SERVING",
+            EndpointState::Disconnected => "DISCONNECTED",
+            EndpointState::Failed => "FAILED",
+        }
+    }
+}
+
+/// Load as the worker last reported it; a missing key is unknown, not zero.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReportedLoad {
+    pub load: Option<f64>,
+    pub active_sessions: Option<f64>,
+    pub active_streams: Option<f64>,
+    pub queued_requests: Option<f64>,
+    pub max_sessions: Option<f64>,
+}
+
+impl ReportedLoad {
+    fn from_metrics(metrics: &HashMap<String, f64>) -> ReportedLoad {
+        let get = |key: &str| metrics.get(key).copied().filter(|v| v.is_finite());
+        ReportedLoad {
+            load: get(keys::LOAD),
+            active_sessions: get(keys::ACTIVE_SESSIONS),
+            active_streams: get(keys::ACTIVE_STREAMS),
+            queued_requests: get(keys::QUEUED_REQUESTS),
+            max_sessions: get(keys::MAX_SESSIONS).filter(|m| *m > 0.0),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: EndpointState,
+    channel: Option<Channel>,
+    load: ReportedLoad,
+    last_change: SystemTime,
+    health_probe: bool,
+}
+
+/// Shared by the pool (selection), dispatch (the channel) and the monitor task.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub address: String,
+    pub kind: Kind,
+    inner: Mutex<Inner>,
+    in_flight: AtomicUsize,
+    dispatched: AtomicU64,
+    default_capacity: usize,
+    /// Bumped on every change that can make a waiting turn dispatchable.
+    changed: Arc<watch::Sender<u64>>,
+    metrics: Arc<Metrics>,
+}
+
+/// What GET /api/workers shows per endpoint.
+#[derive(Debug, Clone, Serialize)]
+pub struct EndpointSnapshot {
+    pub address: String,
+    pub kind: Kind,
+    pub state: EndpointState,
+    pub in_flight: usize,
+    pub dispatched: u64,
+    pub reported_load: ReportedLoad,
+    /// Seconds since the Unix epoch.
+    pub last_change: f64,
+    /// True when readiness comes from GetCapabilities probes (no health service).
+    pub health_probe: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Endpoint {
+    pub fn new(
+        address: String,
+        kind: Kind,
+        settings: &EndpointSettings,
+        changed: Arc<watch::Sender<u64>>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Endpoint> {
+        Arc::new(Endpoint {
+            address,
+            kind,
+            inner: Mutex::new(Inner {
+                state: EndpointState::Connecting,
+                channel: None,
+                load: ReportedLoad::default(),
+                last_change: SystemTime::now(),
+                health_probe: false,
+            }),
+            in_flight: AtomicUsize::new(0),
+            dispatched: AtomicU64::new(0),
+            default_capacity: settings.default_capacity,
+            changed,
+            metrics,
+        })
+    }
+
+    pub fn state(&self) -> EndpointState {
+        lock(&self.inner).state
+    }
+
+    pub fn channel(&self) -> Option<Channel> {
+        lock(&self.inner).channel.clone()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    pub fn dispatched(&self) -> u64 {
+        self.dispatched.load(Ordering::Acquire)
+    }
+
+    /// Turns this endpoint can take at once: what it reports, or the default.
+    pub fn capacity(&self) -> usize {
+        lock(&self.inner)
+            .load
+            .max_sessions
+            .map_or(self.default_capacity, |m| m as usize)
+            .max(1)
+    }
+
+    /// SERVING, connected, with room for one more turn.
+    pub fn is_dispatchable(&self) -> bool {
+        let inner = lock(&self.inner);
+        inner.state == EndpointState::Serving
+            && inner.channel.is_some()
+            && inner.load.load.is_none_or(|load| load < 1.0)
+            && self.in_flight()
+                < inner
+                    .load
+                    .max_sessions
+                    .map_or(self.default_capacity, |m| m as usize)
+                    .max(1)
+    }
+
+    /// Lower is better: the worker's own load figure plus this orchestrator's
+    /// turns in flight there that the worker may not have reported yet.
+    pub fn score(&self) -> f64 {
+        let inner = lock(&self.inner);
+        let capacity = inner
+            .load
+            .max_sessions
+            .unwrap_or(self.default_capacity as f64)
+            .max(1.0);
+        let reported = inner
+            .load
+            .load
+            .or_else(|| inner.load.active_streams.map(|s| s / capacity))
+            // Unknown load counts as half busy: neither favoured nor shunned.
+            .unwrap_or(0.5);
+        let queued = inner.load.queued_requests.unwrap_or(0.0) / capacity;
+        reported + queued + self.in_flight() as f64 / capacity
+    }
+
+    pub(crate) fn begin_turn(&self) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.dispatched.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn end_turn(&self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        // Capacity freed: a waiting turn may go now.
+        self.changed.send_modify(|g| *g += 1);
+    }
+
+    pub fn snapshot(&self) -> EndpointSnapshot {
+        let inner = lock(&self.inner);
+        EndpointSnapshot {
+            address: self.address.clone(),
+            kind: self.kind,
+            state: inner.state,
+            in_flight: self.in_flight(),
+            dispatched: self.dispatched(),
+            reported_load: inner.load.clone(),
+            last_change: inner
+                .last_change
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+            health_probe: inner.health_probe,
+        }
+    }
+
+    fn set_state(&self, state: EndpointState) {
+        let from = {
+            let mut inner = lock(&self.inner);
+            if inner.state == state {
+                return;
+            }
+            let from = inner.state;
+            inner.state = state;
+            inner.last_change = SystemTime::now();
+            from
+        };
+        tracing::info!(endpoint = %self.address, kind = self.kind.as_str(), from = from.as_str(), to = state.as_str(), "worker state");
+        self.metrics.inc(
+            metrics::HEALTH_TRANSITIONS,
+            &[("kind", self.kind.as_str()), ("to", state.as_str())],
+        );
+        self.changed.send_modify(|g| *g += 1);
+    }
+
+    fn set_channel(&self, channel: Option<Channel>) {
+        lock(&self.inner).channel = channel;
+    }
+
+    fn set_load(&self, load: ReportedLoad) {
+        lock(&self.inner).load = load;
+        self.changed.send_modify(|g| *g += 1);
+    }
+
+    fn set_probe(&self, probe: bool) {
+        lock(&self.inner).health_probe = probe;
+    }
+
+    /// Keeps the endpoint connected and its state current until aborted, or
+    /// until reconnect attempts run out.
+    pub async fn monitor(self: Arc<Self>, settings: EndpointSettings) {
+        let mut failures = 0u32;
+        loop {
+            self.set_state(EndpointState::Connecting);
+            match self.connect(&settings).await {
+                Ok(channel) => {
+                    failures = 0;
+                    self.set_channel(Some(channel.clone()));
+                    self.set_state(EndpointState::Connected);
+                    let reason = self.follow(channel, &settings).await;
+                    self.set_channel(None);
+                    tracing::warn!(endpoint = %self.address, %reason, "worker connection lost");
+                    self.set_state(EndpointState::Disconnected);
+                }
+                Err(error) => {
+                    tracing::debug!(endpoint = %self.address, %error, "connect failed");
+                }
+            }
+            failures += 1;
+            if !settings.reconnect.allows_after(failures) {
+                tracing::error!(endpoint = %self.address, failures, "giving up on worker");
+                self.set_state(EndpointState::Failed);
+                return;
+            }
+            tokio::time::sleep(settings.reconnect.delay(failures)).await;
+        }
+    }
+
+    async fn connect(
+        &self,
+        settings: &EndpointSettings,
+    ) -> Result<Channel, tonic::transport::Error> {
+        TonicEndpoint::from_shared(format!("http://{}", self.address))?
+            .connect_timeout(settings.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+    }
+
+    /// Follows readiness and load on a connected channel; returns why it stopped.
+    async fn follow(&self, channel: Channel, settings: &EndpointSettings) -> String {
+        // Load first, so the first selection already knows it.
+        if let Err(status) = self.poll_load(&channel, settings).await {
+            tracing::debug!(endpoint = %self.address, %status, "first load poll failed");
+        }
+        let mut health = HealthClient::new(channel.clone());
+        let mut service = self.kind.service_name();
+        loop {
+            let mut watch = match health
+                .watch(HealthCheckRequest {
+                    service: service.to_string(),
+                })
+                .await
+            {
+                Ok(stream) => stream.into_inner(),
+                Err(status) if status.code() == Code::Unimplemented => {
+                    // The existing Python fleet has no health service.
+                    self.set_probe(true);
+                    return self.probe_loop(&channel, settings).await;
+                }
+                Err(status) => return format!("health watch failed: {status}"),
+            };
+            self.set_probe(false);
+            let poll = self.poll_loop(&channel, settings);
+            tokio::pin!(poll);
+            loop {
+                let update = tokio::select! {
+                    update = watch.next() => update,
+                    reason = &mut poll => return reason,
+                };
+                match update {
+                    Some(Ok(update)) => {
+                        let status = ServingStatus::try_from(update.status)
+                            .unwrap_or(ServingStatus::Unknown);
+                        match status {
+                            ServingStatus::Serving => self.set_state(EndpointState::Serving),
+                            ServingStatus::ServiceUnknown if !service.is_empty() => {
+                                // Health served, but not per service: follow the overall status.
+                                service = "";
+                                break;
+                            }
+                            _ => self.set_state(EndpointState::NotServing),
+                        }
+                    }
+                    Some(Err(status)) => return format!("health watch ended: {status}"),
+                    None => return "health watch closed".to_string(),
+                }
+            }
+        }
+    }
+
+    /// Polls load while the health stream decides readiness. Returns only
+    /// when the worker stops answering at the transport level.
+    async fn poll_loop(&self, channel: &Channel, settings: &EndpointSettings) -> String {
+        let mut tick = tokio::time::interval(settings.load_poll);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(status) = self.poll_load(channel, settings).await {
+                if status.code() == Code::Unavailable {
+                    return format!("load poll: {status}");
+                }
+                tracing::debug!(endpoint = %self.address, %status, "load poll failed");
+            }
+        }
+    }
+
+    /// Readiness by GetCapabilities for workers without grpc.health.v1: an
+    /// answer means SERVING, a transport failure ends the connection.
+    async fn probe_loop(&self, channel: &Channel, settings: &EndpointSettings) -> String {
+        let mut tick = tokio::time::interval(settings.load_poll);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match self.poll_load(channel, settings).await {
+                Ok(()) => self.set_state(EndpointState::Serving),
+                Err(status) if status.code() == Code::Unavailable => {
+                    return format!("capabilities probe: {status}")
+                }
+                Err(status) => {
+                    tracing::debug!(endpoint = %self.address, %status, "capabilities probe failed");
+                    self.set_state(EndpointState::NotServing);
+                }
+            }
+        }
+    }
+
+    async fn poll_load(
+        &self,
+        channel: &Channel,
+        settings: &EndpointSettings,
+    ) -> Result<(), Status> {
+        let metrics = match self.kind {
+            Kind::Tts => {
+                let mut request = Request::new(tts::GetCapabilitiesRequest {});
+                request.set_timeout(settings.call_timeout);
+                tts::tts_service_client::TtsServiceClient::new(channel.clone())
+                    .get_capabilities(request)
+                    .await?
+                    .into_inner()
+                    .metrics
+            }
+            Kind::Stt => {
+                let mut request = Request::new(stt::GetCapabilitiesRequest {});
+                request.set_timeout(settings.call_timeout);
+                stt::stt_service_client::SttServiceClient::new(channel.clone())
+                    .get_capabilities(request)
+                    .await?
+                    .into_inner()
+                    .metrics
+            }
+        };
+        self.set_load(ReportedLoad::from_metrics(&metrics));
+        Ok(())
+    }
+}

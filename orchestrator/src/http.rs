@@ -1,0 +1,63 @@
+//! The HTTP side port: /metrics, /healthz, /readyz and GET /api/workers.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use tokio::net::TcpListener;
+
+use crate::app::Orchestrator;
+use crate::endpoint::EndpointSnapshot;
+
+pub fn router(app: Arc<Orchestrator>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/api/workers", get(workers))
+        .with_state(app)
+}
+
+async fn metrics(State(app): State<Arc<Orchestrator>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.metrics.render(),
+    )
+}
+
+async fn readyz(State(app): State<Arc<Orchestrator>>) -> impl IntoResponse {
+    if app.is_ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: some configured kind has no SERVING worker\n",
+        )
+    }
+}
+
+async fn workers(State(app): State<Arc<Orchestrator>>) -> Json<Vec<EndpointSnapshot>> {
+    Json(
+        app.pools()
+            .iter()
+            .flat_map(|pool| pool.snapshot())
+            .collect(),
+    )
+}
+
+/// Serves the side port on `listener` until the process ends.
+pub fn spawn(app: Arc<Orchestrator>, listener: TcpListener) -> SocketAddr {
+    let local = listener
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, router(app)).await {
+            tracing::error!(%error, "HTTP side port failed");
+        }
+    });
+    local
+}

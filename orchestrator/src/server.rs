@@ -1,0 +1,142 @@
+//! Start-up and shutdown: pools and discovery, the gRPC server (health,
+//! reflection, voxwire.v1, the TTS/STT relays), the HTTP side port, health
+//! following readiness, and drain on the stop signal.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::task::JoinHandle;
+use tonic::transport::Server;
+use voxwire_proto::service_names;
+use voxwire_proto::stt::stt_service_server::SttServiceServer;
+use voxwire_proto::tts::tts_service_server::TtsServiceServer;
+use voxwire_proto::voxwire::v1::registry_server::RegistryServer;
+use voxwire_proto::voxwire::v1::voxwire_server::VoxwireServer;
+use voxwire_service::{Drain, Health, ServiceError};
+
+use crate::api::{RegistryApi, VoxwireApi};
+use crate::app::Orchestrator;
+use crate::config::{Args, ConfigError, Settings};
+use crate::discovery;
+use crate::relay::{SttRelay, TtsRelay};
+
+#[derive(Debug, thiserror::Error)]
+pub enum OrchestratorError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+    #[error("server task failed: {0}")]
+    Join(String),
+}
+
+/// An orchestrator started by [`start`].
+pub struct Running {
+    pub addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub app: Arc<Orchestrator>,
+    task: JoinHandle<Result<(), OrchestratorError>>,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Waits until the server has drained and stopped.
+    pub async fn wait(mut self) -> Result<(), OrchestratorError> {
+        let result = (&mut self.task)
+            .await
+            .map_err(|e| OrchestratorError::Join(e.to_string()))?;
+        result
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for task in &self.background {
+            task.abort();
+        }
+    }
+}
+
+/// Binds both ports, starts discovery and serves until `stop` resolves.
+pub async fn start(
+    args: &Args,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<Running, OrchestratorError> {
+    let settings = Settings::from_args(args)?;
+    let (listener, addr) = voxwire_service::bind(&args.listen).await?;
+    let (http_listener, _) = voxwire_service::bind(&args.http_listen).await?;
+    let drain = Drain::new();
+    let app = Orchestrator::new(settings.clone(), drain.clone());
+    let http_addr = crate::http::spawn(Arc::clone(&app), http_listener);
+
+    let mut background = discovery::start(app.tts.pool(), &settings.tts, settings.dns_refresh);
+    background.extend(discovery::start(
+        app.stt.pool(),
+        &settings.stt,
+        settings.dns_refresh,
+    ));
+    background.push(tokio::spawn(Arc::clone(&app.registry).expire_loop()));
+
+    let (health, health_service) = Health::new(&[
+        service_names::VOXWIRE,
+        service_names::REGISTRY,
+        service_names::TTS,
+        service_names::STT,
+    ])
+    .await;
+    background.push(tokio::spawn(follow_readiness(
+        Arc::clone(&app),
+        health.clone(),
+    )));
+
+    let router = Server::builder()
+        .add_service(health_service)
+        .add_service(voxwire_service::reflection()?)
+        .add_service(VoxwireServer::new(VoxwireApi::new(Arc::clone(&app))))
+        .add_service(RegistryServer::new(RegistryApi::new(Arc::clone(&app))))
+        .add_service(TtsServiceServer::new(TtsRelay::new(Arc::clone(&app))))
+        .add_service(SttServiceServer::new(SttRelay::new(Arc::clone(&app))));
+    tracing::info!(%addr, %http_addr, "orchestrator listening");
+    let task = tokio::spawn(async move {
+        voxwire_service::serve(router, listener, health, drain, settings.drain, stop)
+            .await
+            .map_err(OrchestratorError::from)
+    });
+    Ok(Running {
+        addr,
+        http_addr,
+        app,
+        task,
+        background,
+    })
+}
+
+/// Health is SERVING exactly while the orchestrator is ready (a SERVING
+/// worker of each kind in use), following pool changes as they happen.
+async fn follow_readiness(app: Arc<Orchestrator>, health: Health) {
+    let mut tts = app.tts.pool().subscribe();
+    let mut stt = app.stt.pool().subscribe();
+    let mut reported = None;
+    loop {
+        let ready = app.is_ready() && !app.drain.is_draining();
+        if reported != Some(ready) {
+            health.set_serving(ready).await;
+            reported = Some(ready);
+        }
+        tokio::select! {
+            changed = tts.changed() => if changed.is_err() { return },
+            changed = stt.changed() => if changed.is_err() { return },
+            () = app.drain.started() => {
+                // serve() reports NOT_SERVING itself; nothing more to follow.
+                return;
+            }
+        }
+    }
+}
+
+/// Runs until SIGTERM (then drains and returns).
+pub async fn run(args: Args) -> Result<(), OrchestratorError> {
+    let running = start(&args, voxwire_service::shutdown_signal()).await?;
+    running.wait().await
+}

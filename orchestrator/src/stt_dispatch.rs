@@ -1,0 +1,213 @@
+//! One Recognize relay: the client's (already validated) requests go to a
+//! worker, its transcript events come back validated. Until the first event
+//! reaches the client the requests sent are kept, so a retryable failure can
+//! replay them on another worker; after it, a failure ends the stream.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::{Request, Status};
+use tracing::Instrument;
+use voxwire_proto::stt::stt_service_client::SttServiceClient;
+use voxwire_proto::stt::{recognize_request, RecognitionConfig, RecognizeRequest, TranscriptEvent};
+use voxwire_proto::stt_stream::SttStreamValidator;
+
+use crate::config::DispatchSettings;
+use crate::metrics::{self, Metrics};
+use crate::pool::{Lease, Pool};
+use crate::retry::{code_label, is_retryable};
+use crate::trace::TraceContext;
+
+pub struct SttDispatcher {
+    pool: Arc<Pool>,
+    settings: DispatchSettings,
+    metrics: Arc<Metrics>,
+}
+
+/// What the attempts of one stream share.
+struct Relay<'a> {
+    config: RecognitionConfig,
+    input: &'a mut mpsc::Receiver<RecognizeRequest>,
+    input_done: bool,
+    /// Requests sent so far; `None` once an event reached the client.
+    replay: Option<Vec<RecognizeRequest>>,
+    out: &'a mpsc::Sender<TranscriptEvent>,
+}
+
+impl SttDispatcher {
+    pub fn new(pool: Arc<Pool>, settings: DispatchSettings, metrics: Arc<Metrics>) -> Self {
+        SttDispatcher {
+            pool,
+            settings,
+            metrics,
+        }
+    }
+
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// Relays one Recognize stream. `input` holds the audio requests after
+    /// the config; its end is the client's half-close.
+    pub async fn recognize(
+        &self,
+        config: RecognitionConfig,
+        input: &mut mpsc::Receiver<RecognizeRequest>,
+        trace: &TraceContext,
+        out: &mpsc::Sender<TranscriptEvent>,
+    ) -> Result<(), Status> {
+        let mut relay = Relay {
+            config,
+            input,
+            input_done: false,
+            replay: Some(Vec::new()),
+            out,
+        };
+        let mut tried = Vec::new();
+        let mut attempt = 0u32;
+        let result = loop {
+            attempt += 1;
+            let lease = match self
+                .pool
+                .acquire(None, &tried, self.settings.ready_wait)
+                .await
+            {
+                Ok(lease) => lease,
+                Err(none) => break Err(Status::from(none)),
+            };
+            let address = lease.endpoint.address.clone();
+            let span = tracing::info_span!("dispatch", endpoint = %address, attempt);
+            match self
+                .attempt(&lease, &mut relay, trace)
+                .instrument(span)
+                .await
+            {
+                Ok(()) => break Ok(()),
+                Err(status) => {
+                    let retry = relay.replay.is_some()
+                        && is_retryable(status.code())
+                        && self.settings.retry.allows_after(attempt);
+                    tracing::warn!(endpoint = %address, attempt, %status, retry, "STT attempt failed");
+                    if !retry {
+                        break Err(status);
+                    }
+                    self.metrics.inc(
+                        metrics::RETRIES,
+                        &[("kind", "stt"), ("code", &code_label(status.code()))],
+                    );
+                    tried.push(address);
+                    drop(lease);
+                    tokio::time::sleep(self.settings.retry.delay(attempt)).await;
+                }
+            }
+        };
+        let outcome = match &result {
+            Ok(()) => "ok".to_string(),
+            Err(status) => code_label(status.code()),
+        };
+        self.metrics
+            .inc(metrics::TURNS, &[("kind", "stt"), ("outcome", &outcome)]);
+        result
+    }
+
+    async fn attempt(
+        &self,
+        lease: &Lease,
+        relay: &mut Relay<'_>,
+        trace: &TraceContext,
+    ) -> Result<(), Status> {
+        let address = &lease.endpoint.address;
+        // Unbounded: the replay is queued before the call starts to read.
+        let (tx, rx) = mpsc::unbounded_channel();
+        let config = RecognizeRequest {
+            request: Some(recognize_request::Request::Config(relay.config.clone())),
+        };
+        let mut sender = Some(tx);
+        let send = |sender: &Option<mpsc::UnboundedSender<RecognizeRequest>>,
+                    request: RecognizeRequest| {
+            if let Some(tx) = sender {
+                // The call's end drops the receiver; its own error says why.
+                let _ = tx.send(request);
+            }
+        };
+        send(&sender, config);
+        for request in relay.replay.iter().flatten() {
+            send(&sender, request.clone());
+        }
+        if relay.input_done {
+            sender = None;
+        }
+        let mut request = Request::new(UnboundedReceiverStream::new(rx));
+        request.set_timeout(self.settings.stream_timeout);
+        trace.inject(request.metadata_mut());
+        let mut client = SttServiceClient::new(lease.channel.clone());
+        let mut events = match tokio::time::timeout(
+            self.settings.first_frame_timeout,
+            client.recognize(request),
+        )
+        .await
+        {
+            Ok(response) => response?.into_inner(),
+            Err(_) => {
+                return Err(Status::deadline_exceeded(format!(
+                    "worker {address} did not answer Recognize in time"
+                )))
+            }
+        };
+        let mut validator = SttStreamValidator::new(
+            relay.config.session_id.clone(),
+            relay.config.partial_results,
+        );
+        let mut ended_input = relay.input_done;
+        if ended_input {
+            validator.end_of_audio();
+        }
+        loop {
+            tokio::select! {
+                next = relay.input.recv(), if !relay.input_done => match next {
+                    Some(request) => {
+                        let is_end = matches!(&request.request, Some(recognize_request::Request::Audio(a)) if a.is_final);
+                        if let Some(replay) = relay.replay.as_mut() {
+                            replay.push(request.clone());
+                        }
+                        send(&sender, request);
+                        if is_end {
+                            relay.input_done = true;
+                        }
+                    }
+                    None => {
+                        relay.input_done = true;
+                        sender = None;
+                    }
+                },
+                event = events.message() => {
+                    let event = match event? {
+                        Some(event) => event,
+                        None => {
+                            return validator.finish().map_err(|v| self.violation(address, &v));
+                        }
+                    };
+                    validator.observe(&event).map_err(|v| self.violation(address, &v))?;
+                    // From here on the client saw output: no more retries.
+                    relay.replay = None;
+                    if relay.out.send(event).await.is_err() {
+                        return Err(Status::cancelled("the client went away"));
+                    }
+                }
+            }
+            if relay.input_done && !ended_input {
+                ended_input = true;
+                validator.end_of_audio();
+                sender = None;
+            }
+        }
+    }
+
+    fn violation(&self, address: &str, violation: &voxwire_proto::Violation) -> Status {
+        self.metrics
+            .inc(metrics::VIOLATIONS, &[("rule", violation.rule.id())]);
+        tracing::error!(endpoint = %address, rule = violation.rule.id(), %violation, "worker broke the protocol");
+        Status::internal(format!("worker {address} broke the protocol: {violation}"))
+    }
+}

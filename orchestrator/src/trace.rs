@@ -1,0 +1,98 @@
+//! W3C trace context: each dispatch attempt carries a `traceparent` header
+//! to its worker, continuing the client's trace when it sent one.
+
+use tonic::metadata::{MetadataMap, MetadataValue};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceContext {
+    pub trace_id: String,
+    flags: String,
+}
+
+fn random_hex(bytes: usize) -> String {
+    (0..bytes)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect()
+}
+
+impl TraceContext {
+    /// The client's trace when its `traceparent` is well formed, else a new one.
+    pub fn from_metadata(metadata: &MetadataMap) -> TraceContext {
+        metadata
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(TraceContext::parse)
+            .unwrap_or_else(TraceContext::new_root)
+    }
+
+    pub fn new_root() -> TraceContext {
+        TraceContext {
+            trace_id: random_hex(16),
+            flags: "01".to_string(),
+        }
+    }
+
+    fn parse(header: &str) -> Option<TraceContext> {
+        let parts: Vec<&str> = header.trim().split('-').collect();
+        let [version, trace_id, span_id, flags] = parts.as_slice() else {
+            return None;
+        };
+        let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
+        let valid = *version == "00"
+            && hex(trace_id, 32)
+            && hex(span_id, 16)
+            && hex(flags, 2)
+            && trace_id.bytes().any(|b| b != b'0');
+        valid.then(|| TraceContext {
+            trace_id: trace_id.to_ascii_lowercase(),
+            flags: flags.to_ascii_lowercase(),
+        })
+    }
+
+    /// A `traceparent` for one outgoing call: same trace, a new span id.
+    pub fn child_header(&self) -> String {
+        format!("00-{}-{}-{}", self.trace_id, random_hex(8), self.flags)
+    }
+
+    pub fn inject(&self, metadata: &mut MetadataMap) {
+        if let Ok(value) = MetadataValue::try_from(self.child_header()) {
+            metadata.insert("traceparent", value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continues_a_valid_client_trace_with_new_spans() {
+        let mut metadata = MetadataMap::new();
+        metadata.insert(
+            "traceparent",
+            MetadataValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        );
+        let context = TraceContext::from_metadata(&metadata);
+        assert_eq!(context.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        let child = context.child_header();
+        assert!(child.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(!child.contains("00f067aa0ba902b7"));
+    }
+
+    #[test]
+    fn malformed_headers_start_a_new_trace() {
+        for bad in [
+            "",
+            "00-0000-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        ] {
+            let mut metadata = MetadataMap::new();
+            if let Ok(v) = MetadataValue::try_from(bad) {
+                metadata.insert("traceparent", v);
+            }
+            let context = TraceContext::from_metadata(&metadata);
+            assert_eq!(context.trace_id.len(), 32);
+            assert_ne!(context.trace_id, "00000000000000000000000000000000");
+        }
+    }
+}
