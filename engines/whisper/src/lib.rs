@@ -14,7 +14,7 @@ mod recognizer;
 mod vad;
 
 pub use error::WhisperError;
-pub use model::{Transcription, WhisperModel};
+pub use model::{AudioContext, Transcription, WhisperModel};
 pub use recognizer::{EndpointConfig, Recognizer, RecognizerEvent};
 
 /// The only sample rate the engine takes: mono f32 PCM at 16 kHz, in -1..1.
