@@ -53,6 +53,8 @@ pub enum PiperError {
     Unsupported(String),
     #[error("phoneme id {0} is outside the model's vocabulary")]
     InvalidPhonemeId(i64),
+    #[error("speaker id {0} is not in this voice")]
+    InvalidSpeaker(i64),
     #[error("no phoneme ids to synthesize")]
     EmptyInput,
     #[error("espeak-ng: {0}")]
@@ -179,6 +181,13 @@ impl PiperVoice {
         let weights = onnx::OnnxWeights::parse(&bytes, &device)?;
         drop(bytes);
         let model = model::Vits::load(&weights, &device)?;
+        let speakers = model.num_speakers()?;
+        if speakers != config.num_speakers as usize {
+            return Err(PiperError::Config(format!(
+                "config says {} speakers, the model has {speakers}",
+                config.num_speakers
+            )));
+        }
 
         let id = model_path
             .file_stem()
@@ -208,14 +217,30 @@ impl PiperVoice {
 
     /// Runs the model on one sentence's ids; mono f32 at the voice's rate.
     /// `seed` drives the noise; with [`Scales::DETERMINISTIC`] it is unused.
+    /// Multi-speaker voices speak as speaker 0 (see
+    /// [`PiperVoice::synthesize_ids_as`]).
     pub fn synthesize_ids(
         &self,
         ids: &[i64],
         scales: Scales,
         seed: u64,
     ) -> Result<Vec<f32>, PiperError> {
+        self.synthesize_ids_as(ids, 0, scales, seed)
+    }
+
+    /// [`PiperVoice::synthesize_ids`] as one speaker of a multi-speaker
+    /// voice (ids as in `config().speaker_id_map`); single-speaker voices
+    /// accept only speaker 0.
+    pub fn synthesize_ids_as(
+        &self,
+        ids: &[i64],
+        speaker_id: i64,
+        scales: Scales,
+        seed: u64,
+    ) -> Result<Vec<f32>, PiperError> {
         self.model.synthesize(
             ids,
+            speaker_id,
             scales.noise_scale,
             scales.length_scale,
             scales.noise_w,

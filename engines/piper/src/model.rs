@@ -84,6 +84,15 @@ impl Conv1d {
         Ok(if residual { op.with_residual() } else { op })
     }
 
+    /// Speaker-conditioning convs exist only in multi-speaker voices.
+    fn load_optional(w: &OnnxWeights, module: &str) -> Result<Option<Self>> {
+        if w.contains(&format!("{module}.weight")) {
+            Ok(Some(Self::load(w, module)?))
+        } else {
+            Ok(None)
+        }
+    }
+
     fn out_channels(&self) -> Result<usize> {
         Ok(self.weight.dim(0)?)
     }
@@ -489,6 +498,7 @@ impl ConvFlow {
 #[derive(Debug, Clone)]
 struct DurationPredictor {
     pre: Conv1d,
+    cond: Option<Conv1d>,
     convs: DdsConv,
     proj: Conv1d,
     /// Applied in reverse order, each followed (in forward order) by a flip.
@@ -531,6 +541,7 @@ impl DurationPredictor {
         };
         Ok(Self {
             pre: Conv1d::load(w, "dp.pre")?,
+            cond: Conv1d::load_optional(w, "dp.cond")?,
             convs: DdsConv::load(w, "dp.convs")?,
             proj: Conv1d::load(w, "dp.proj")?,
             flows: flows.into_iter().map(|(_, f)| f).collect(),
@@ -540,9 +551,18 @@ impl DurationPredictor {
     }
 
     /// log durations per phoneme.
-    fn forward(&self, x: &Tensor, noise_w: f32, rng: &mut StdRng) -> Result<Vec<f32>> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        speaker: Option<&Tensor>,
+        noise_w: f32,
+        rng: &mut StdRng,
+    ) -> Result<Vec<f32>> {
         let t = x.dim(2)?;
-        let h = self.pre.forward(x)?;
+        let mut h = self.pre.forward(x)?;
+        if let (Some(cond), Some(g)) = (&self.cond, speaker) {
+            h = h.broadcast_add(&cond.forward(g)?)?;
+        }
         let h = self.convs.forward(&h, None)?;
         let g = self.proj.forward(&h)?;
 
@@ -575,6 +595,8 @@ impl DurationPredictor {
 #[derive(Debug, Clone)]
 struct WaveNet {
     in_layers: Vec<Conv1d>,
+    /// Speaker conditioning for every layer at once (`2 * hidden` each).
+    cond_layer: Option<Conv1d>,
     res_skip: Vec<Conv1d>,
     hidden: usize,
 }
@@ -596,17 +618,26 @@ impl WaveNet {
             / 2;
         Ok(Self {
             in_layers,
+            cond_layer: Conv1d::load_optional(w, &format!("{module}.cond_layer"))?,
             res_skip,
             hidden,
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, speaker: Option<&Tensor>) -> Result<Tensor> {
         let mut x = x.clone();
         let mut output: Option<Tensor> = None;
         let n = self.in_layers.len();
+        let g = match (&self.cond_layer, speaker) {
+            (Some(cond), Some(g)) => Some(cond.forward(g)?),
+            _ => None,
+        };
         for i in 0..n {
-            let x_in = self.in_layers[i].forward(&x)?;
+            let mut x_in = self.in_layers[i].forward(&x)?;
+            if let Some(g) = &g {
+                let width = 2 * self.hidden;
+                x_in = x_in.broadcast_add(&g.narrow(1, i * width, width)?)?;
+            }
             let a = x_in.narrow(1, 0, self.hidden)?.tanh()?;
             let b = candle_nn::ops::sigmoid(&x_in.narrow(1, self.hidden, self.hidden)?)?;
             let acts = (a * b)?;
@@ -649,11 +680,11 @@ impl CouplingLayer {
         })
     }
 
-    fn reverse(&self, x: &Tensor) -> Result<Tensor> {
+    fn reverse(&self, x: &Tensor, speaker: Option<&Tensor>) -> Result<Tensor> {
         let x0 = x.narrow(1, 0, self.half)?;
         let x1 = x.narrow(1, self.half, self.half)?;
         let h = self.pre.forward(&x0)?;
-        let h = self.enc.forward(&h)?;
+        let h = self.enc.forward(&h, speaker)?;
         let stats = self.post.forward(&h)?;
         let x1 = if self.mean_only {
             (x1 - stats)?
@@ -752,6 +783,7 @@ impl Upsample {
 #[derive(Debug, Clone)]
 struct Decoder {
     conv_pre: Conv1d,
+    cond: Option<Conv1d>,
     ups: Vec<Upsample>,
     resblocks: Vec<ResBlock>,
     conv_post: Conv1d,
@@ -795,6 +827,7 @@ impl Decoder {
         }
         Ok(Self {
             conv_pre: Conv1d::load(w, "dec.conv_pre")?,
+            cond: Conv1d::load_optional(w, "dec.cond")?,
             ups,
             resblocks,
             conv_post: Conv1d::load(w, "dec.conv_post")?,
@@ -805,9 +838,12 @@ impl Decoder {
         self.ups.iter().map(|u| u.stride).product()
     }
 
-    fn forward(&self, z: &Tensor) -> Result<Tensor> {
+    fn forward(&self, z: &Tensor, speaker: Option<&Tensor>) -> Result<Tensor> {
         let per_stage = self.resblocks.len() / self.ups.len();
         let mut x = self.conv_pre.forward(z)?;
+        if let (Some(cond), Some(g)) = (&self.cond, speaker) {
+            x = x.broadcast_add(&cond.forward(g)?)?;
+        }
         for (i, up) in self.ups.iter().enumerate() {
             x = up.forward(&leaky_relu(&x, LRELU_SLOPE)?)?;
             let mut acc: Option<Tensor> = None;
@@ -832,6 +868,8 @@ impl Decoder {
 #[derive(Debug, Clone)]
 pub struct Vits {
     enc_p: TextEncoder,
+    /// Speaker embeddings `[n_speakers, gin]`, in multi-speaker voices.
+    emb_g: Option<Tensor>,
     dp: DurationPredictor,
     /// Coupling layers in forward order; each is followed by a channel flip.
     flows: Vec<CouplingLayer>,
@@ -841,11 +879,11 @@ pub struct Vits {
 
 impl Vits {
     pub fn load(w: &OnnxWeights, device: &Device) -> Result<Self> {
-        if w.contains("emb_g.weight") {
-            return Err(PiperError::Unsupported(
-                "multi-speaker voices (emb_g) are not supported yet".into(),
-            ));
-        }
+        let emb_g = if w.contains("emb_g.weight") {
+            Some(w.get("emb_g.weight")?)
+        } else {
+            None
+        };
         let mut flows = Vec::new();
         for i in 0..64 {
             let module = format!("flow.flows.{i}");
@@ -858,6 +896,7 @@ impl Vits {
         }
         Ok(Self {
             enc_p: TextEncoder::load(w)?,
+            emb_g,
             dp: DurationPredictor::load(w)?,
             flows,
             dec: Decoder::load(w)?,
@@ -869,9 +908,18 @@ impl Vits {
         self.dec.hop_length()
     }
 
+    /// Speakers the model was trained with (1 for single-speaker voices).
+    pub fn num_speakers(&self) -> Result<usize> {
+        Ok(match &self.emb_g {
+            Some(e) => e.dim(0)?,
+            None => 1,
+        })
+    }
+
     pub fn synthesize(
         &self,
         ids: &[i64],
+        speaker_id: i64,
         noise_scale: f32,
         length_scale: f32,
         noise_w: f32,
@@ -890,12 +938,31 @@ impl Vits {
         if ids_u32.is_empty() {
             return Err(PiperError::EmptyInput);
         }
+        let speaker = match &self.emb_g {
+            Some(table) => {
+                let n = table.dim(0)?;
+                let sid = u32::try_from(speaker_id)
+                    .ok()
+                    .filter(|&s| (s as usize) < n)
+                    .ok_or(PiperError::InvalidSpeaker(speaker_id))?;
+                // [1, gin, 1], broadcast over time by every consumer.
+                Some(
+                    table
+                        .narrow(0, sid as usize, 1)?
+                        .unsqueeze(2)?
+                        .contiguous()?,
+                )
+            }
+            None if speaker_id == 0 => None,
+            None => return Err(PiperError::InvalidSpeaker(speaker_id)),
+        };
+        let g = speaker.as_ref();
         let mut rng = StdRng::seed_from_u64(seed);
         let t = ids_u32.len();
         let ids = Tensor::from_vec(ids_u32, (1, t), &self.device)?;
         let (x, m_p, logs_p) = self.enc_p.forward(&ids)?;
 
-        let logw = self.dp.forward(&x, noise_w, &mut rng)?;
+        let logw = self.dp.forward(&x, g, noise_w, &mut rng)?;
         // Frames per phoneme: ceil(exp(logw) * length_scale), as Piper does.
         let mut frame_src: Vec<u32> = Vec::new();
         for (i, lw) in logw.iter().enumerate() {
@@ -932,9 +999,9 @@ impl Vits {
         let mut z = z_p;
         for flow in self.flows.iter().rev() {
             z = z.flip(&[1])?;
-            z = flow.reverse(&z)?;
+            z = flow.reverse(&z, g)?;
         }
-        let audio = self.dec.forward(&z)?;
+        let audio = self.dec.forward(&z, g)?;
         Ok(audio
             .flatten_all()?
             .to_dtype(DType::F32)?

@@ -182,7 +182,10 @@ impl OnnxWeights {
         for node in &graph.node {
             node_inputs.insert(node.name.clone(), node.input.clone());
             let is_conv = node.op_type == "Conv" || node.op_type == "ConvTranspose";
-            let is_embedding = node.op_type == "Gather" && node.name == "/enc_p/emb/Gather";
+            // Embedding tables may be named after the graph input they
+            // index (the phoneme table is stored as `sid` in some exports).
+            let is_embedding = node.op_type == "Gather"
+                && (node.name == "/enc_p/emb/Gather" || node.name == "/emb_g/Gather");
             if !is_conv && !is_embedding {
                 continue;
             }
