@@ -394,7 +394,7 @@ impl WhisperModel {
                 return Ok(decoded);
             }
             best = Some(match best {
-                Some(previous) if previous.preference() >= decoded.preference() => previous,
+                Some(previous) if !decoded.is_better_than(&previous) => previous,
                 _ => decoded,
             });
         }
@@ -498,23 +498,17 @@ impl WindowDecode {
 
     /// Orders failed attempts: finished and not repetitive first, then by
     /// likelihood.
-    fn preference(&self) -> (bool, bool, OrderedF64) {
-        (
-            self.finished,
-            self.compression_ratio <= COMPRESSION_RATIO_THRESHOLD,
-            OrderedF64(self.avg_logprob),
-        )
-    }
-}
-
-#[derive(Clone, Copy, PartialEq, PartialOrd)]
-struct OrderedF64(f64);
-
-impl Eq for OrderedF64 {}
-
-impl Ord for OrderedF64 {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.0.total_cmp(&other.0)
+    fn is_better_than(&self, other: &WindowDecode) -> bool {
+        let rank = |d: &WindowDecode| {
+            (
+                d.finished,
+                d.compression_ratio <= COMPRESSION_RATIO_THRESHOLD,
+            )
+        };
+        match rank(self).cmp(&rank(other)) {
+            std::cmp::Ordering::Equal => self.avg_logprob > other.avg_logprob,
+            order => order.is_gt(),
+        }
     }
 }
 
