@@ -1,0 +1,431 @@
+//! TTS turns through the orchestrator against tone workers and scripted
+//! fakes: round trip, many messages, start orders, worker loss, readiness,
+//! retry rules, protocol violations, probing without health, load.
+
+mod common;
+
+use common::*;
+use tokio_stream::StreamExt;
+use tonic::Code;
+use voxwire_orchestrator::config::Args;
+use voxwire_orchestrator::endpoint::EndpointState;
+use voxwire_orchestrator::metrics;
+use voxwire_proto::tts::tts_service_client::TtsServiceClient;
+use voxwire_proto::tts::{StartSessionRequest, TextChunk};
+use voxwire_proto::tts_stream::TtsStreamValidator;
+use voxwire_proto::voxwire::v1::registry_client::RegistryClient;
+use voxwire_proto::voxwire::v1::RegisterRequest;
+use voxwire_tts_worker::server::Args as WorkerArgs;
+
+#[tokio::test]
+async fn speak_round_trip_and_side_port() {
+    let worker = tone_worker(WorkerArgs::tone_for_tests()).await;
+    let orch = orchestrator(tts_args(&[worker.address()])).await;
+    orch.wait_ready().await;
+    let frames = speak_ok(
+        &mut orch.voxwire(),
+        "round-trip",
+        "Hello there. How are you?",
+    )
+    .await;
+    assert!(frames.len() > 2);
+    assert!(frames.iter().all(|f| f.session_id == "round-trip"));
+
+    let (status, _) = orch.http_get("/healthz").await;
+    assert_eq!(status, 200);
+    let (status, _) = orch.http_get("/readyz").await;
+    assert_eq!(status, 200);
+    let (status, body) = orch.http_get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("voxwire_orchestrator_turns_total{kind=\"tts\",outcome=\"ok\"} 1"),
+        "{body}"
+    );
+    assert!(
+        body.contains("voxwire_orchestrator_first_audio_seconds_count{kind=\"tts\"} 1"),
+        "{body}"
+    );
+    assert!(
+        body.contains("voxwire_orchestrator_active_sessions 1"),
+        "{body}"
+    );
+    let (status, body) = orch.http_get("/api/workers").await;
+    assert_eq!(status, 200);
+    let workers: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(workers[0]["address"], worker.address());
+    assert_eq!(workers[0]["kind"], "tts");
+    assert_eq!(workers[0]["state"], "SERVING");
+    assert_eq!(workers[0]["dispatched"], 1);
+
+    // The orchestrator also serves tts.TTSService, relaying to its pool.
+    let mut tts = TtsServiceClient::new(orch.channel.clone());
+    tts.start_session(StartSessionRequest {
+        session_id: "relay".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("relayed StartSession");
+    let duplicate = tts
+        .start_session(StartSessionRequest {
+            session_id: "relay".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("duplicate");
+    assert_eq!(duplicate.code(), Code::AlreadyExists);
+    let chunks = vec![
+        TextChunk {
+            session_id: "relay".into(),
+            text: "Relayed ".into(),
+            is_final: false,
+            sequence_number: 1,
+        },
+        TextChunk {
+            session_id: "relay".into(),
+            text: "speech.".into(),
+            is_final: true,
+            sequence_number: 2,
+        },
+    ];
+    let mut stream = tts
+        .synthesize(tokio_stream::iter(chunks))
+        .await
+        .expect("relayed Synthesize")
+        .into_inner();
+    let mut validator = TtsStreamValidator::new("relay");
+    while let Some(frame) = stream.next().await {
+        validator
+            .observe(&frame.expect("frame"))
+            .expect("valid frame");
+    }
+    validator.finish().expect("final frame");
+    assert!(validator.frames_seen() > 1);
+}
+
+#[tokio::test]
+async fn hundred_messages_in_one_session() {
+    let worker = tone_worker(WorkerArgs::tone_for_tests()).await;
+    let orch = orchestrator(tts_args(&[worker.address()])).await;
+    orch.wait_ready().await;
+    let mut client = orch.voxwire();
+    for i in 0..100 {
+        speak_ok(&mut client, "chatty", &format!("Message number {i}.")).await;
+    }
+    // One StartSession for the whole client session.
+    assert_eq!(worker.active_sessions(), 1.0);
+    assert_eq!(
+        orch.running
+            .app
+            .metrics
+            .counter(metrics::TURNS, &[("kind", "tts"), ("outcome", "ok")]),
+        100
+    );
+}
+
+#[tokio::test]
+async fn orchestrator_first_then_worker_converges() {
+    // Reserve a port for the worker that does not exist yet.
+    let reserved = std::net::TcpListener::bind("127.0.0.1:0").expect("reserve");
+    let address = reserved.local_addr().expect("addr").to_string();
+    drop(reserved);
+    let orch = orchestrator(tts_args(std::slice::from_ref(&address))).await;
+    let (status, _) = orch.http_get("/readyz").await;
+    assert_eq!(status, 503, "not ready without a worker");
+    let worker = tone_worker(WorkerArgs {
+        listen: address.clone(),
+        ..WorkerArgs::tone_for_tests()
+    })
+    .await;
+    orch.wait_ready().await;
+    speak_ok(&mut orch.voxwire(), "late-worker", "Finally.").await;
+    assert_eq!(worker.active_sessions(), 1.0);
+}
+
+#[tokio::test]
+async fn worker_killed_mid_stream_fails_the_turn_and_the_next_goes_elsewhere() {
+    let doomed = tone_worker(WorkerArgs {
+        realtime: true,
+        ..WorkerArgs::tone_for_tests()
+    })
+    .await;
+    let proxy = Proxy::start(doomed.running.addr).await;
+    let orch = orchestrator(tts_args(&[proxy.address()])).await;
+    orch.wait_ready().await;
+    let mut client = orch.voxwire();
+    speak_ok(&mut client, "victim", "Short.").await;
+
+    // A second worker announces itself through the registry.
+    let survivor = tone_worker(WorkerArgs::tone_for_tests()).await;
+    let lease = RegistryClient::new(orch.channel.clone())
+        .register(RegisterRequest {
+            kind: "tts".into(),
+            address: survivor.address(),
+            lease_seconds: 30,
+        })
+        .await
+        .expect("register")
+        .into_inner();
+    assert_eq!(lease.lease_seconds, 30);
+    orch.wait_tts("both serving", |all| serving_count(all) == 2)
+        .await;
+
+    // Session affinity keeps the session on the proxied worker; kill it
+    // after the first frame.
+    let long = "This sentence goes on for a while. ".repeat(6);
+    let mut stream = client
+        .speak(voxwire_proto::voxwire::v1::SpeakRequest {
+            session_id: "victim".into(),
+            text: long,
+            ..Default::default()
+        })
+        .await
+        .expect("speak")
+        .into_inner();
+    let first = stream.next().await.expect("a frame").expect("ok frame");
+    assert!(!first.audio_data.is_empty());
+    proxy.kill();
+    let mut error = None;
+    while let Some(item) = stream.next().await {
+        if let Err(status) = item {
+            error = Some(status);
+            break;
+        }
+    }
+    let error = error.expect("the turn ends with an error, not a clean end");
+    assert!(
+        matches!(
+            error.code(),
+            Code::Unavailable | Code::Internal | Code::Unknown | Code::Cancelled
+        ),
+        "{error:?}"
+    );
+    assert!(
+        error.message().contains(&proxy.address()),
+        "names the worker: {error:?}"
+    );
+
+    // The next turn of the same session goes to the survivor.
+    speak_ok(&mut client, "victim", "Still here.").await;
+    assert_eq!(survivor.active_sessions(), 1.0);
+}
+
+#[tokio::test]
+async fn not_serving_worker_gets_no_work() {
+    let tone = tone_worker(WorkerArgs::tone_for_tests()).await;
+    let fake = FakeTts::new(Mode::Valid);
+    let server = fake_tts(fake.clone(), true).await;
+    let orch = orchestrator(tts_args(&[tone.address(), server.address()])).await;
+    orch.wait_tts("both serving", |all| serving_count(all) == 2)
+        .await;
+    server.set_serving(false).await;
+    let fake_address = server.address();
+    orch.wait_tts("fake NOT_SERVING", |all| {
+        state_of(all, &fake_address) == Some(EndpointState::NotServing)
+    })
+    .await;
+    let mut client = orch.voxwire();
+    for i in 0..20 {
+        speak_ok(&mut client, &format!("s{i}"), "Hello.").await;
+    }
+    assert_eq!(fake.start_calls() + fake.synth_calls(), 0);
+    assert_eq!(dispatched(&orch.tts_pool().snapshot(), &fake_address), 0);
+
+    // Back to SERVING: it is used again (the check above could fail).
+    server.set_serving(true).await;
+    orch.wait_tts("fake SERVING again", |all| {
+        state_of(all, &fake_address) == Some(EndpointState::Serving)
+    })
+    .await;
+    for i in 0..40 {
+        speak_ok(&mut client, &format!("t{i}"), "Hello.").await;
+        if fake.synth_calls() > 0 {
+            break;
+        }
+    }
+    assert!(fake.synth_calls() > 0);
+}
+
+#[tokio::test]
+async fn invalid_argument_is_never_retried_but_unavailable_is() {
+    let bad = [
+        FakeTts::new(Mode::InvalidArgument),
+        FakeTts::new(Mode::InvalidArgument),
+    ];
+    let servers = [
+        fake_tts(bad[0].clone(), true).await,
+        fake_tts(bad[1].clone(), true).await,
+    ];
+    let orch = orchestrator(tts_args(&[servers[0].address(), servers[1].address()])).await;
+    orch.wait_tts("both serving", |all| serving_count(all) == 2)
+        .await;
+    let spoken = speak(&mut orch.voxwire(), "bad", "Anything.").await;
+    assert_eq!(spoken.error.expect("fails").code(), Code::InvalidArgument);
+    assert_eq!(
+        bad[0].synth_calls() + bad[1].synth_calls(),
+        1,
+        "one attempt only"
+    );
+
+    let busy = [
+        FakeTts::new(Mode::Unavailable),
+        FakeTts::new(Mode::Unavailable),
+    ];
+    let servers = [
+        fake_tts(busy[0].clone(), true).await,
+        fake_tts(busy[1].clone(), true).await,
+    ];
+    let orch = orchestrator(tts_args(&[servers[0].address(), servers[1].address()])).await;
+    orch.wait_tts("both serving", |all| serving_count(all) == 2)
+        .await;
+    let spoken = speak(&mut orch.voxwire(), "busy", "Anything.").await;
+    assert_eq!(spoken.error.expect("fails").code(), Code::Unavailable);
+    let max_attempts = Args::for_tests().retry_max_attempts as usize;
+    assert_eq!(busy[0].synth_calls() + busy[1].synth_calls(), max_attempts);
+    assert!(
+        busy[0].synth_calls() > 0 && busy[1].synth_calls() > 0,
+        "retried on the other worker"
+    );
+    assert_eq!(
+        orch.running.app.metrics.counter(
+            metrics::RETRIES,
+            &[("kind", "tts"), ("code", "Unavailable")]
+        ),
+        max_attempts as u64 - 1
+    );
+}
+
+#[tokio::test]
+async fn invalid_frames_end_the_turn_and_the_session_goes_on() {
+    let faulty = FakeTts::new(Mode::EmptyNonFinalOnce);
+    let server = fake_tts(faulty.clone(), true).await;
+    let orch = orchestrator(tts_args(&[server.address()])).await;
+    orch.wait_ready().await;
+    let mut client = orch.voxwire();
+    let spoken = speak(&mut client, "victim", "Hello.").await;
+    let error = spoken.error.expect("turn fails");
+    assert_eq!(error.code(), Code::Internal);
+    assert!(
+        error.message().contains("TTS-FRAME-EMPTY-NONFINAL"),
+        "{error:?}"
+    );
+    assert!(error.message().contains(&server.address()), "{error:?}");
+    assert!(
+        spoken.frames.iter().all(|f| !f.audio_data.is_empty()),
+        "no empty frame forwarded"
+    );
+    assert_eq!(faulty.synth_calls(), 1, "a violation is not retried");
+    assert_eq!(
+        orch.running
+            .app
+            .metrics
+            .counter(metrics::VIOLATIONS, &[("rule", "TTS-FRAME-EMPTY-NONFINAL")]),
+        1
+    );
+    // Same session, next turn: fine.
+    speak_ok(&mut client, "victim", "Again.").await;
+    assert_eq!(faulty.start_calls(), 1, "the session stayed open");
+}
+
+#[tokio::test]
+async fn worker_without_health_service_is_probed_and_used() {
+    let legacy = FakeTts::new(Mode::Valid);
+    let server = fake_tts(legacy.clone(), false).await;
+    let orch = orchestrator(tts_args(&[server.address()])).await;
+    orch.wait_ready().await;
+    let snapshot = orch.tts_pool().snapshot();
+    assert!(
+        snapshot[0].health_probe,
+        "readiness from GetCapabilities probes"
+    );
+    speak_ok(&mut orch.voxwire(), "legacy", "Hello.").await;
+    assert_eq!(legacy.synth_calls(), 1);
+}
+
+#[tokio::test]
+async fn turns_go_to_the_less_loaded_worker() {
+    let busy = tone_worker(WorkerArgs {
+        max_sessions: 4,
+        ..WorkerArgs::tone_for_tests()
+    })
+    .await;
+    let idle = tone_worker(WorkerArgs::tone_for_tests()).await;
+    // Three of four sessions taken on `busy`: it reports load 0.75.
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", busy.address()))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    wait_serving(&channel, "tts.TTSService").await;
+    for i in 0..3 {
+        TtsServiceClient::new(channel.clone())
+            .start_session(StartSessionRequest {
+                session_id: format!("hog{i}"),
+                ..Default::default()
+            })
+            .await
+            .expect("session");
+    }
+    let orch = orchestrator(tts_args(&[busy.address(), idle.address()])).await;
+    let busy_address = busy.address();
+    orch.wait_tts("both serving, load known", |all| {
+        serving_count(all) == 2
+            && all
+                .iter()
+                .any(|e| e.address == busy_address && e.reported_load.load == Some(0.75))
+    })
+    .await;
+    let mut client = orch.voxwire();
+    for i in 0..10 {
+        speak_ok(&mut client, &format!("s{i}"), "Hello.").await;
+    }
+    let all = orch.tts_pool().snapshot();
+    assert_eq!(dispatched(&all, &busy.address()), 0, "{all:?}");
+    assert_eq!(dispatched(&all, &idle.address()), 10, "{all:?}");
+}
+
+#[tokio::test]
+async fn dns_targets_are_resolved() {
+    let worker = tone_worker(WorkerArgs::tone_for_tests()).await;
+    let port = worker.running.addr.port();
+    let orch = orchestrator(tts_args(&[format!("dns://localhost:{port}")])).await;
+    orch.wait_ready().await;
+    let address = worker.address();
+    orch.wait_tts("resolved endpoint serving", |all| {
+        state_of(all, &address) == Some(EndpointState::Serving)
+    })
+    .await;
+    speak_ok(&mut orch.voxwire(), "dns", "Resolved.").await;
+}
+
+#[tokio::test]
+async fn expired_lease_drops_the_worker() {
+    let worker = tone_worker(WorkerArgs::tone_for_tests()).await;
+    let orch = orchestrator(Args {
+        max_lease_seconds: 1,
+        ..Args::for_tests()
+    })
+    .await;
+    let granted = RegistryClient::new(orch.channel.clone())
+        .register(RegisterRequest {
+            kind: "tts".into(),
+            address: worker.address(),
+            lease_seconds: 30,
+        })
+        .await
+        .expect("register")
+        .into_inner();
+    assert_eq!(granted.lease_seconds, 1, "shortened to the maximum");
+    orch.wait_ready().await;
+    speak_ok(&mut orch.voxwire(), "leased", "Hello.").await;
+    // Not renewed: gone within the lease (plus the wait's slack).
+    orch.wait_tts("lease expired", |all| all.is_empty()).await;
+    let bad = RegistryClient::new(orch.channel.clone())
+        .register(RegisterRequest {
+            kind: "video".into(),
+            address: worker.address(),
+            lease_seconds: 1,
+        })
+        .await
+        .expect_err("unknown kind");
+    assert_eq!(bad.code(), Code::InvalidArgument);
+}
