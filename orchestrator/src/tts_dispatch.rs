@@ -130,8 +130,14 @@ impl TtsDispatcher {
                     if !retry {
                         let status = if error.forwarded > 0 && error.status.code() != Code::Internal
                         {
+                            // A transport failure mid-stream (h2 reset, connection
+                            // lost) surfaces as UNKNOWN; it means the worker went away.
+                            let code = match error.status.code() {
+                                Code::Unknown | Code::Cancelled => Code::Unavailable,
+                                other => other,
+                            };
                             Status::new(
-                                error.status.code(),
+                                code,
                                 format!(
                                     "worker {address} failed after {} frames: {}",
                                     error.forwarded,
