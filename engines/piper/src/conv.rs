@@ -10,12 +10,21 @@
 //! that already touch the data. Blocks run in parallel on rayon's pool, which
 //! honours `RAYON_NUM_THREADS` like candle's own kernels.
 
+use std::cell::RefCell;
+
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use ndarray::{linalg::general_mat_mul, ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
-/// im2col floats per block: sized to stay within a per-core L2 cache.
+/// im2col floats per block: about a per-core L2 cache, large enough that
+/// re-packing the weights for each block stays cheap.
 const BLOCK_FLOATS: usize = 128 * 1024;
+
+thread_local! {
+    /// Each worker's im2col buffer, reused across blocks and calls: fresh
+    /// allocations of this size cost page faults and zeroing every time.
+    static COL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
 
 #[derive(Debug, Clone)]
 pub struct FusedConv1d {
@@ -143,8 +152,6 @@ impl CustomOp1 for FusedConv1d {
             .try_for_each(|(i, mut dst)| -> candle_core::Result<()> {
                 let t0 = i * block;
                 let n = dst.ncols();
-                let mut col = vec![0f32; rows * n];
-                self.im2col(x, t, t0, n, &mut col);
                 for (o, mut row) in dst.axis_iter_mut(Axis(0)).enumerate() {
                     let bias = self.bias[o];
                     if self.residual {
@@ -156,10 +163,19 @@ impl CustomOp1 for FusedConv1d {
                         row.fill(bias);
                     }
                 }
-                let col =
-                    ArrayView2::from_shape((rows, n), &col).map_err(candle_core::Error::wrap)?;
-                general_mat_mul(1.0, &w, &col, 1.0, &mut dst);
-                Ok(())
+                COL.with_borrow_mut(|col| -> candle_core::Result<()> {
+                    // im2col overwrites every element, so stale contents
+                    // from an earlier block are harmless.
+                    if col.len() < rows * n {
+                        col.resize(rows * n, 0.0);
+                    }
+                    let col = &mut col[..rows * n];
+                    self.im2col(x, t, t0, n, col);
+                    let col = ArrayView2::from_shape((rows, n), &*col)
+                        .map_err(candle_core::Error::wrap)?;
+                    general_mat_mul(1.0, &w, &col, 1.0, &mut dst);
+                    Ok(())
+                })
             })?;
         Ok((CpuStorage::F32(out), Shape::from((1, self.c_out, t_out))))
     }
