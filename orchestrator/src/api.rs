@@ -219,6 +219,7 @@ impl Voxwire for VoxwireApi {
             .map_err(|_| {
                 Status::already_exists(format!("session {id:?} is already in a conversation"))
             })?;
+        session.pin();
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(converse::run(
             Arc::clone(&self.app),

@@ -91,6 +91,7 @@ impl Orchestrator {
         out: &mpsc::Sender<AudioFrame>,
     ) -> Result<TurnStats, Status> {
         let mut binding = session.tts.lock().await;
+        session.touch();
         session.transition(SessionState::Speaking);
         let span = tracing::info_span!("turn", session = %session.id, trace_id = %trace.trace_id);
         let result = self
@@ -99,6 +100,22 @@ impl Orchestrator {
             .instrument(span)
             .await;
         session.transition(SessionState::Listening);
+        session.touch();
         result
+    }
+
+    /// Closes sessions left unused, and their sessions on the workers.
+    pub async fn reap_loop(self: Arc<Self>) {
+        let idle = self.settings.session_idle;
+        let mut tick = tokio::time::interval((idle / 4).max(std::time::Duration::from_secs(1)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            for session in self.sessions.reap_idle(idle) {
+                tracing::info!(session = %session.id, "closing idle session");
+                let mut binding = session.tts.lock().await;
+                self.tts.close_session(&mut binding).await;
+            }
+        }
     }
 }

@@ -91,6 +91,9 @@ pub struct Args {
     /// Longest Registry lease granted, in seconds.
     #[arg(long, env = "VOXWIRE_MAX_LEASE_SECONDS", default_value_t = 60)]
     pub max_lease_seconds: u32,
+    /// Close client sessions unused for this long (and their worker sessions), in seconds.
+    #[arg(long, env = "VOXWIRE_SESSION_IDLE_SECONDS", default_value_t = 300)]
+    pub session_idle_seconds: u64,
     /// Bound on finishing in-flight turns after SIGTERM, in seconds.
     #[arg(long, env = "VOXWIRE_DRAIN_SECONDS", default_value_t = 10)]
     pub drain_seconds: u64,
@@ -122,6 +125,7 @@ impl Args {
             load_poll_ms: 100,
             default_worker_capacity: 64,
             max_lease_seconds: 60,
+            session_idle_seconds: 300,
             drain_seconds: 2,
         }
     }
@@ -195,6 +199,7 @@ pub struct Settings {
     pub endpoint: EndpointSettings,
     pub dispatch: DispatchSettings,
     pub max_lease: Duration,
+    pub session_idle: Duration,
     pub drain: Duration,
 }
 
@@ -225,6 +230,9 @@ impl Settings {
         if args.default_worker_capacity == 0 {
             return Err(ConfigError::Zero("--default-worker-capacity"));
         }
+        if args.session_idle_seconds == 0 {
+            return Err(ConfigError::Zero("--session-idle-seconds"));
+        }
         if args.max_lease_seconds == 0 {
             return Err(ConfigError::Zero("--max-lease-seconds"));
         }
@@ -251,6 +259,7 @@ impl Settings {
                 stream_timeout: Duration::from_secs(args.stream_timeout_seconds.max(1)),
             },
             max_lease: Duration::from_secs(u64::from(args.max_lease_seconds)),
+            session_idle: Duration::from_secs(args.session_idle_seconds),
             drain: Duration::from_secs(args.drain_seconds),
         })
     }

@@ -199,16 +199,28 @@ impl Endpoint {
 
     /// SERVING, connected, with room for one more turn.
     pub fn is_dispatchable(&self) -> bool {
+        self.accepts(false)
+    }
+
+    /// Like [`Endpoint::is_dispatchable`] for a session already open here:
+    /// it holds one of the worker's slots, so a worker reporting itself full
+    /// (load 1.0, often because of this orchestrator's own sessions) still
+    /// takes its turns.
+    pub fn accepts_bound_session(&self) -> bool {
+        self.accepts(true)
+    }
+
+    fn accepts(&self, bound: bool) -> bool {
         let inner = lock(&self.inner);
+        let capacity = inner
+            .load
+            .max_sessions
+            .map_or(self.default_capacity, |m| m as usize)
+            .max(1);
         inner.state == EndpointState::Serving
             && inner.channel.is_some()
-            && inner.load.load.is_none_or(|load| load < 1.0)
-            && self.in_flight()
-                < inner
-                    .load
-                    .max_sessions
-                    .map_or(self.default_capacity, |m| m as usize)
-                    .max(1)
+            && (bound || inner.load.load.is_none_or(|load| load < 1.0))
+            && self.in_flight() < capacity
     }
 
     /// Lower is better: the worker's own load figure plus this orchestrator's

@@ -235,7 +235,9 @@ impl Pool {
             .cloned()
             .collect();
         let chosen = preferred
-            .and_then(|p| untried.iter().find(|e| e.address == p).cloned())
+            .filter(|p| !tried.iter().any(|t| t == p))
+            .and_then(|p| self.endpoint(p))
+            .filter(|e| e.accepts_bound_session())
             .or_else(|| two_choices(&untried))
             .or_else(|| two_choices(&ready))?;
         let channel = chosen.channel()?;

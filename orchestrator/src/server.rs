@@ -77,6 +77,7 @@ pub async fn start(
         settings.dns_refresh,
     ));
     background.push(tokio::spawn(Arc::clone(&app.registry).expire_loop()));
+    background.push(tokio::spawn(Arc::clone(&app).reap_loop()));
 
     let (health, health_service) = Health::new(&[
         service_names::VOXWIRE,

@@ -2,7 +2,9 @@
 //! binding. Turns of one session run one at a time (the binding's lock).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use voxwire_proto::voxwire::v1::SessionState;
 
@@ -17,10 +19,29 @@ pub struct ClientSession {
     pub tts: tokio::sync::Mutex<TtsBinding>,
     /// The worker the session is open on, readable during a turn.
     worker: Arc<Mutex<Option<String>>>,
+    last_used: Mutex<Instant>,
+    /// Held by a live Converse stream: never reaped for idleness.
+    pinned: AtomicBool,
     metrics: Arc<Metrics>,
 }
 
 impl ClientSession {
+    /// Marks the session used now (it is reaped after --session-idle-seconds unused).
+    pub fn touch(&self) {
+        *self.last_used.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
+    pub fn pin(&self) {
+        self.pinned.store(true, Ordering::Release);
+    }
+
+    fn idle_for(&self) -> Duration {
+        self.last_used
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed()
+    }
+
     pub fn worker(&self) -> Option<String> {
         self.worker
             .lock()
@@ -93,6 +114,8 @@ impl Sessions {
             id: id.to_string(),
             machine: Mutex::new(SessionMachine::default()),
             worker: Arc::clone(&published),
+            last_used: Mutex::new(Instant::now()),
+            pinned: AtomicBool::new(false),
             tts: tokio::sync::Mutex::new(TtsBinding {
                 session_id: id.to_string(),
                 model_id: model_id.to_string(),
@@ -148,6 +171,23 @@ impl Sessions {
         Some(session)
     }
 
+    /// Removes sessions unused for `idle` (not in a turn, not in a Converse
+    /// stream): clients that vanish without EndSession must not hold worker
+    /// sessions forever. Returns them so their worker sessions get closed.
+    pub fn reap_idle(&self, idle: Duration) -> Vec<Arc<ClientSession>> {
+        let stale: Vec<String> = self
+            .lock()
+            .values()
+            .filter(|s| {
+                !s.pinned.load(Ordering::Acquire)
+                    && s.idle_for() >= idle
+                    && s.tts.try_lock().is_ok()
+            })
+            .map(|s| s.id.clone())
+            .collect();
+        stale.iter().filter_map(|id| self.remove(id)).collect()
+    }
+
     pub fn len(&self) -> usize {
         self.lock().len()
     }
@@ -181,5 +221,21 @@ mod tests {
         sessions.remove("a");
         assert_eq!(session.state(), SessionState::Terminated);
         assert!(sessions.is_empty());
+    }
+
+    #[tokio::test]
+    async fn reaps_idle_sessions_but_not_busy_or_pinned_ones() {
+        let sessions = Sessions::new(Arc::new(Metrics::default()));
+        let idle = sessions.create("idle", "", HashMap::new()).expect("new");
+        let busy = sessions.create("busy", "", HashMap::new()).expect("new");
+        let pinned = sessions.create("pinned", "", HashMap::new()).expect("new");
+        pinned.pin();
+        let _turn = busy.tts.lock().await;
+        assert!(sessions.reap_idle(Duration::from_secs(3600)).is_empty());
+        let reaped = sessions.reap_idle(Duration::ZERO);
+        assert_eq!(reaped.len(), 1);
+        assert_eq!(reaped[0].id, "idle");
+        assert_eq!(idle.state(), SessionState::Terminated);
+        assert_eq!(sessions.len(), 2);
     }
 }

@@ -188,7 +188,7 @@ impl TtsDispatcher {
                 .acquire(None, &tried, self.settings.ready_wait)
                 .await?;
             match self.bind(&lease, binding, trace).await {
-                Ok(()) => return Ok(()),
+                Ok(_) => return Ok(()),
                 Err(status)
                     if is_retryable(status.code()) && self.settings.retry.allows_after(attempt) =>
                 {
@@ -223,16 +223,17 @@ impl TtsDispatcher {
     }
 
     /// Makes sure the session is open on the lease's worker: StartSession
-    /// when the session moves (ending it on the previous worker).
+    /// when the session moves (ending it on the previous worker). True when
+    /// it was opened just now.
     async fn bind(
         &self,
         lease: &Lease,
         binding: &mut TtsBinding,
         trace: &TraceContext,
-    ) -> Result<(), Status> {
+    ) -> Result<bool, Status> {
         let address = &lease.endpoint.address;
         if binding.endpoint.as_deref() == Some(address.as_str()) {
-            return Ok(());
+            return Ok(false);
         }
         if let Some(previous) = binding.set_endpoint(None) {
             self.end_on(&previous, &binding.session_id).await;
@@ -262,7 +263,7 @@ impl TtsDispatcher {
             Err(status) => return Err(status),
         }
         binding.set_endpoint(Some(address.clone()));
-        Ok(())
+        Ok(true)
     }
 
     async fn attempt(
@@ -274,34 +275,21 @@ impl TtsDispatcher {
         out: &mpsc::Sender<AudioFrame>,
         started: Instant,
     ) -> Result<u64, AttemptError> {
-        self.bind(lease, binding, trace).await?;
+        let fresh = self.bind(lease, binding, trace).await?;
         let address = &lease.endpoint.address;
         let session_id = binding.session_id.clone();
-        // One chunk with is_final, then half-close: the existing workers only
-        // start synthesizing at the end of input.
-        let chunk = TextChunk {
-            session_id: session_id.clone(),
-            text: text.to_string(),
-            is_final: true,
-            sequence_number: 1,
-        };
-        let mut request = Request::new(tokio_stream::iter(vec![chunk]));
-        request.set_timeout(self.settings.stream_timeout);
-        trace.inject(request.metadata_mut());
-        let mut client = TtsServiceClient::new(lease.channel.clone());
-        let mut frames = match tokio::time::timeout(
-            self.settings.first_frame_timeout,
-            client.synthesize(request),
-        )
-        .await
-        {
-            Ok(response) => response?.into_inner(),
-            Err(_) => {
-                return Err(Status::deadline_exceeded(format!(
-                    "worker {address} did not answer Synthesize in time"
-                ))
-                .into())
+        let mut frames = match self.open_synthesize(lease, &session_id, text, trace).await {
+            Err(status) if status.code() == Code::NotFound && !fresh => {
+                // The worker forgot a session opened earlier (idle reaping, a
+                // restart): open it there again, once. Not a retry of a call
+                // that failed on its merits: the orchestrator's view was stale.
+                tracing::info!(endpoint = %address, session = %session_id, "re-opening session");
+                binding.set_endpoint(None);
+                self.bind(lease, binding, trace).await?;
+                self.open_synthesize(lease, &session_id, text, trace)
+                    .await?
             }
+            other => other?,
         };
         let mut validator = TtsStreamValidator::new(session_id);
         let mut forwarded = 0u64;
@@ -364,6 +352,39 @@ impl TtsDispatcher {
                 // Reading stops at is_final; dropping the stream ends the call.
                 return Ok(forwarded);
             }
+        }
+    }
+
+    /// Starts one Synthesize call: one chunk with is_final, then half-close
+    /// (the existing workers only start synthesizing at the end of input).
+    async fn open_synthesize(
+        &self,
+        lease: &Lease,
+        session_id: &str,
+        text: &str,
+        trace: &TraceContext,
+    ) -> Result<tonic::Streaming<AudioFrame>, Status> {
+        let chunk = TextChunk {
+            session_id: session_id.to_string(),
+            text: text.to_string(),
+            is_final: true,
+            sequence_number: 1,
+        };
+        let mut request = Request::new(tokio_stream::iter(vec![chunk]));
+        request.set_timeout(self.settings.stream_timeout);
+        trace.inject(request.metadata_mut());
+        let mut client = TtsServiceClient::new(lease.channel.clone());
+        match tokio::time::timeout(
+            self.settings.first_frame_timeout,
+            client.synthesize(request),
+        )
+        .await
+        {
+            Ok(response) => Ok(response?.into_inner()),
+            Err(_) => Err(Status::deadline_exceeded(format!(
+                "worker {} did not answer Synthesize in time",
+                lease.endpoint.address
+            ))),
         }
     }
 

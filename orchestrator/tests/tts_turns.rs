@@ -424,3 +424,28 @@ async fn expired_lease_drops_the_worker() {
         .expect_err("unknown kind");
     assert_eq!(bad.code(), Code::InvalidArgument);
 }
+
+#[tokio::test]
+async fn session_forgotten_by_the_worker_is_reopened() {
+    let worker = tone_worker(WorkerArgs::tone_for_tests()).await;
+    let orch = orchestrator(tts_args(&[worker.address()])).await;
+    orch.wait_ready().await;
+    let mut client = orch.voxwire();
+    speak_ok(&mut client, "forgotten", "One.").await;
+    // The worker drops the session behind the orchestrator's back (as its
+    // idle reaping or a restart would).
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", worker.address()))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    TtsServiceClient::new(channel)
+        .end_session(voxwire_proto::tts::EndSessionRequest {
+            session_id: "forgotten".into(),
+        })
+        .await
+        .expect("end");
+    assert_eq!(worker.active_sessions(), 0.0);
+    speak_ok(&mut client, "forgotten", "Two.").await;
+    assert_eq!(worker.active_sessions(), 1.0);
+}
