@@ -41,9 +41,10 @@ fn initialise() -> Result<Engine, PiperError> {
 }
 
 /// IPA phonemes of one clause of `text`, as espeak-ng writes them (words
-/// separated by spaces, no clause punctuation). If espeak splits the text
-/// into several clauses itself, their phonemes are joined without a
-/// separator, as Piper does.
+/// separated by spaces, no clause punctuation). Should espeak still split
+/// the text into several clauses (at marks the caller did not treat as
+/// clause ends, such as an ellipsis), their phonemes are joined with a space
+/// so that words at the seam stay apart.
 pub fn text_to_phonemes(voice: &str, text: &str) -> Result<String, PiperError> {
     let text: String = text.chars().filter(|&c| c != '\0').collect();
     let c_text = CString::new(text).map_err(|e| PiperError::Espeak(e.to_string()))?;
@@ -86,7 +87,13 @@ pub fn text_to_phonemes(voice: &str, text: &str) -> Result<String, PiperError> {
             }
             CStr::from_ptr(p).to_string_lossy().into_owned()
         };
-        out.push_str(&phonemes);
+        let phonemes = phonemes.trim();
+        if !phonemes.is_empty() {
+            if !out.is_empty() {
+                out.push(' ');
+            }
+            out.push_str(phonemes);
+        }
     }
     Ok(out)
 }

@@ -62,6 +62,10 @@ impl Terminator {
     }
 }
 
+fn is_closing(c: char) -> bool {
+    matches!(c, '"' | '\'' | ')' | ']' | '}' | '»' | '”' | '’')
+}
+
 struct Clause<'a> {
     text: &'a str,
     terminator: Terminator,
@@ -86,9 +90,17 @@ fn clauses(text: &str) -> Vec<Clause<'_>> {
         while j + 1 < chars.len() && Terminator::from_char(chars[j + 1].1).is_some() {
             j += 1;
         }
+        // Closing quotes and brackets belong to the clause they close.
+        while j + 1 < chars.len() && is_closing(chars[j + 1].1) {
+            j += 1;
+        }
         let next = chars.get(j + 1).map(|&(_, c)| c);
         let at_boundary = next.is_none_or(char::is_whitespace);
-        let terminator = Terminator::from_char(chars[j].1).unwrap_or(Terminator::None);
+        let last_mark = chars[i..=j]
+            .iter()
+            .rev()
+            .find_map(|&(_, c)| Terminator::from_char(c));
+        let terminator = last_mark.unwrap_or(Terminator::None);
         if terminator == Terminator::Period {
             let following = chars[j + 1..]
                 .iter()
@@ -257,6 +269,14 @@ mod tests {
         assert_eq!(
             split("e.g. this."),
             vec![("e.g. this.", Terminator::Period)]
+        );
+        assert_eq!(
+            split("\"Quoted,\" she said (twice.) Then"),
+            vec![
+                ("\"Quoted,\"", Terminator::Comma),
+                ("she said (twice.)", Terminator::Period),
+                ("Then", Terminator::None),
+            ]
         );
     }
 

@@ -157,3 +157,39 @@ fn voice_id_and_config() {
     let from_dir = PiperVoice::load(&f.dir).expect("load from directory");
     assert_eq!(from_dir.voice_id(), "en_US-joe-medium");
 }
+
+#[test]
+fn concurrent_use_is_safe() {
+    let Some(f) = fixture() else { return };
+    let voice = std::sync::Arc::new(f.voice);
+    let text = "Hello, world! How are you today?";
+    let expected = voice.phonemize(text).expect("phonemize");
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let voice = voice.clone();
+            std::thread::spawn(move || {
+                (0..5)
+                    .map(|_| voice.phonemize(text).expect("phonemize"))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for h in handles {
+        for got in h.join().expect("thread") {
+            assert_eq!(got, expected);
+        }
+    }
+    let ids = expected[0].ids.clone();
+    let a = voice
+        .synthesize_ids(&ids, Scales::DETERMINISTIC, 0)
+        .expect("synthesize");
+    let other = voice.clone();
+    let b = std::thread::spawn(move || {
+        other
+            .synthesize_ids(&ids, Scales::DETERMINISTIC, 0)
+            .expect("synthesize")
+    })
+    .join()
+    .expect("thread");
+    assert_eq!(a, b);
+}
