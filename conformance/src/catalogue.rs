@@ -151,7 +151,7 @@ static CATALOGUE: &[CaseDef] = &[
         |ctx| crate::client::health_watch(ctx, Service::Tts)),
     case!("tts/health/unknown-service", Tts, Should, None,
         "Check for a service the worker does not serve answers NOT_FOUND, not SERVING (grpc health spec).",
-        |ctx| crate::client::health_unknown(ctx)),
+        crate::client::health_unknown),
     // TTS: sessions and requests.
     case!("tts/session/invalid-id", Tts, Must, Some(Rule::SessionIdInvalid),
         "StartSession with generated empty, blank, control-character or over-long ids fails INVALID_ARGUMENT.",
@@ -225,7 +225,7 @@ static CATALOGUE: &[CaseDef] = &[
         |ctx| crate::client::health_watch(ctx, Service::Stt)),
     case!("stt/health/unknown-service", Stt, Should, None,
         "Check for a service the worker does not serve answers NOT_FOUND, not SERVING (grpc health spec).",
-        |ctx| crate::client::health_unknown(ctx)),
+        crate::client::health_unknown),
     // STT: the client's requests.
     case!("stt/request/config-first", Stt, Must, Some(Rule::SttConfigFirst),
         "Audio before config, and a second config, fail INVALID_ARGUMENT.",

@@ -239,7 +239,7 @@ mod tests {
                 .expect("valid list");
         assert_eq!(ids.len(), 2);
         assert!(ids.contains("tts/health/watch"));
-        let err = parse_known_failing("tts/health/chek\n").unwrap_err();
+        let err = parse_known_failing("tts/health/chek\n").expect_err("a typo is an error");
         assert!(matches!(err, RunError::UnknownCase { line: 1, .. }));
     }
 

@@ -995,12 +995,12 @@ mod tests {
     #[test]
     fn validate_points_at_the_frame_that_broke_the_rule() {
         let frames = [frame(1, 1920, false), frame(3, 1920, true)];
-        let (violation, focus) = validate("s", &frames, &End::Ok).unwrap_err();
+        let (violation, focus) = validate("s", &frames, &End::Ok).expect_err("a gap");
         assert_eq!(violation.rule, Rule::TtsSeqGap);
         assert_eq!(focus, Some(1));
         let ok = [frame(1, 1920, false), frame(2, 0, true)];
         assert!(validate("s", &ok, &End::Ok).is_ok());
-        let (violation, focus) = validate("s", &ok[..1], &End::Ok).unwrap_err();
+        let (violation, focus) = validate("s", &ok[..1], &End::Ok).expect_err("no final");
         assert_eq!((violation.rule, focus), (Rule::TtsFinalMissing, None));
         // A stream cut by an error status owes no final frame.
         assert!(validate("s", &ok[..1], &End::Status(Status::internal("x"))).is_ok());

@@ -1,0 +1,80 @@
+//! Every STT check can fail: each fault of the faulty STT worker fails the
+//! cases the table in support/mod.rs names, and a conforming worker passes.
+//!
+//! The real stt-worker is being built; when it lands, proving it conforms is
+//! one test like `faulty_worker_without_a_fault_conforms` with its start-up
+//! in place of `faulty_stt::start(SttFault::None)`.
+
+mod support;
+
+use support::faulty_stt::{self, SttFault};
+use support::{assert_all_pass, assert_fail, run_suite, STT_FAULTS};
+use voxwire_conformance::{CaseLevel, Service};
+
+async fn fails_its_cases(fault: SttFault) {
+    let cases = STT_FAULTS
+        .iter()
+        .find(|(f, _)| *f == fault)
+        .map(|(_, cases)| *cases)
+        .expect("the fault is in the table");
+    let worker = faulty_stt::start(fault).await;
+    let report = run_suite(worker.addr, Service::Stt, cases).await;
+    assert_fail(&report, cases, &format!("{fault:?}"));
+    let must = cases.iter().any(|id| {
+        voxwire_conformance::catalogue::find(id).is_some_and(|c| c.level == CaseLevel::Must)
+    });
+    assert_eq!(report.passed(), !must, "only a MUST failure fails the run");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faulty_worker_without_a_fault_conforms() {
+    let worker = faulty_stt::start(SttFault::None).await;
+    let report = run_suite(worker.addr, Service::Stt, &[]).await;
+    assert_all_pass(&report, "the faulty STT worker with no fault", &[]);
+}
+
+macro_rules! fault_tests {
+    ($($name:ident => $fault:ident,)*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                fails_its_cases(SttFault::$fault).await;
+            }
+        )*
+
+        #[test]
+        fn every_fault_in_the_table_has_a_test() {
+            let tested = [$(SttFault::$fault),*];
+            for (fault, _) in STT_FAULTS {
+                assert!(tested.contains(fault), "{fault:?} has no test");
+            }
+        }
+    };
+}
+
+fault_tests! {
+    empty_partial => EmptyPartial,
+    partial_unrequested => PartialUnrequested,
+    seq_start_zero => SeqStartZero,
+    seq_gap => SeqGap,
+    wrong_session_echo => WrongSessionEcho,
+    utterance_id_zero => UtteranceIdZero,
+    duplicate_final => DuplicateFinal,
+    overlap => Overlap,
+    bad_offsets => BadOffsets,
+    close_with_open_utterance => CloseWithOpenUtterance,
+    missing_end_final => MissingEndFinal,
+    never_closes => NeverCloses,
+    accept_audio_before_config => AcceptAudioBeforeConfig,
+    accept_bad_rate => AcceptBadRate,
+    accept_odd_bytes => AcceptOddBytes,
+    accept_after_end => AcceptAfterEnd,
+    ignore_chunk_limit => IgnoreChunkLimit,
+    ignore_duration_limit => IgnoreDurationLimit,
+    accept_invalid_session => AcceptInvalidSession,
+    capacity_not_enforced => CapacityNotEnforced,
+    health_always_serving => HealthAlwaysServing,
+    health_absent => HealthAbsent,
+    watch_not_streaming => WatchNotStreaming,
+    metrics_missing => MetricsMissing,
+}
