@@ -449,3 +449,39 @@ async fn session_forgotten_by_the_worker_is_reopened() {
     speak_ok(&mut client, "forgotten", "Two.").await;
     assert_eq!(worker.active_sessions(), 1.0);
 }
+
+#[tokio::test]
+async fn drain_finishes_the_turn_in_flight_then_stops() {
+    let worker = tone_worker(WorkerArgs {
+        realtime: true,
+        ..WorkerArgs::tone_for_tests()
+    })
+    .await;
+    let mut orch = orchestrator(tts_args(&[worker.address()])).await;
+    orch.wait_ready().await;
+    let mut client = orch.voxwire();
+    let mut stream = client
+        .speak(voxwire_proto::voxwire::v1::SpeakRequest {
+            session_id: "draining".into(),
+            text: "A sentence or two to finish. And one more.".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("speak")
+        .into_inner();
+    let mut validator = TtsStreamValidator::new("draining");
+    let first = stream.next().await.expect("frame").expect("ok");
+    validator.observe(&first).expect("valid");
+    let _ = orch.stop.take().expect("stop").send(());
+    while let Some(frame) = stream.next().await {
+        validator
+            .observe(&frame.expect("frames keep coming while draining"))
+            .expect("valid");
+    }
+    validator.finish().expect("the turn in flight completed");
+    let Orchestrator { running, .. } = orch;
+    tokio::time::timeout(WAIT, running.wait())
+        .await
+        .expect("stops within the bound")
+        .expect("clean stop");
+}
