@@ -305,8 +305,12 @@ fn main() -> Result<(), BoxError> {
         },
         "clips": rows,
     });
-    let out_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/bench");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    let out_dir = target.join("bench");
     std::fs::create_dir_all(&out_dir)?;
+    let out_dir = out_dir.canonicalize()?;
     let out = out_dir.join("stt_engine.json");
     std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
     println!("wrote {}", out.display());

@@ -8,6 +8,7 @@
 //! and final [`RecognizerEvent`]s that follow the project's STT stream rules.
 #![forbid(unsafe_code)]
 
+mod decoder;
 mod error;
 mod model;
 mod recognizer;

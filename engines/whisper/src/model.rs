@@ -2,11 +2,12 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
-use candle_core::{DType, Device, IndexOp, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::whisper::{self as whisper, audio, model::Whisper, Config};
 use tokenizers::Tokenizer;
 
+use crate::decoder::CachedDecoder;
 use crate::error::WhisperError;
 
 /// Samples in one 30 s encoder window.
@@ -115,7 +116,10 @@ impl Default for AudioContext {
 const TRIM_MARGIN_FRAMES: usize = 100;
 
 struct Inner {
+    /// Only its encoder runs; decoding uses `decoder`, which caches
+    /// self-attention (candle's decoder re-runs the whole transcript per token).
     whisper: Whisper,
+    decoder: CachedDecoder,
     config: Config,
     tokenizer: Tokenizer,
     mel_filters: Vec<f32>,
@@ -211,6 +215,7 @@ impl WhisperModel {
         // weights are converted to f32 on load anyway.
         let vb = VarBuilder::from_buffered_safetensors(read(&weights_path)?, DType::F32, &device)?;
         let whisper = Whisper::load(&vb, config.clone())?;
+        let decoder = CachedDecoder::load(vb.pp("model.decoder"), &config)?;
 
         let vocab = config.vocab_size;
         let mut suppressed: Vec<usize> = config
@@ -228,6 +233,7 @@ impl WhisperModel {
         Ok(WhisperModel {
             inner: Arc::new(Inner {
                 whisper,
+                decoder,
                 config,
                 tokenizer,
                 mel_filters,
@@ -389,7 +395,7 @@ impl WhisperModel {
         };
         let mut best: Option<WindowDecode> = None;
         for &temperature in temperatures {
-            let decoded = self.decode_tokens(whisper, &features, temperature, max_tokens, rng)?;
+            let decoded = self.decode_tokens(&features, temperature, max_tokens, rng)?;
             if !decoded.needs_fallback() || decoded.is_silence() {
                 return Ok(decoded);
             }
@@ -407,35 +413,34 @@ impl WhisperModel {
 
     fn decode_tokens(
         &self,
-        whisper: &mut Whisper,
         features: &Tensor,
         temperature: f64,
         max_tokens: usize,
         rng: &mut SplitMix64,
     ) -> Result<WindowDecode, WhisperError> {
         let inner = &self.inner;
+        let decoder = &inner.decoder;
         let prompt = [inner.sot, inner.no_timestamps];
         let mut tokens: Vec<u32> = prompt.to_vec();
+        let mut state = decoder.start(features)?;
         let mut sum_logprob = 0.0f64;
         let mut no_speech_prob = 0.0f64;
         let mut finished = false;
+        let max_tokens = max_tokens.min(decoder.max_len().saturating_sub(prompt.len()));
         for step in 0..max_tokens {
-            let input = Tensor::new(tokens.as_slice(), &inner.device)?.unsqueeze(0)?;
-            // The first step of each decode must flush: the cross-attention
-            // cache belongs to the previous window's (or attempt's) features.
-            let hidden = whisper.decoder.forward(&input, features, step == 0)?;
-            let seq_len = hidden.dim(1)?;
+            // The prompt goes in whole on the first step; after that the cache
+            // holds everything but the newest token.
+            let fed = if step == 0 { prompt.len() } else { 1 };
+            let hidden = decoder.forward(&tokens[tokens.len() - fed..], &mut state)?;
             if step == 0 {
-                let at_sot = whisper.decoder.final_linear(&hidden.i((..1, ..1))?)?;
-                let logits: Vec<f32> = at_sot.i(0)?.i(0)?.to_vec1()?;
-                no_speech_prob = log_softmax(&logits)
+                // Whisper reads the no-speech probability at the
+                // start-of-transcript position.
+                let at_sot = decoder.logits(&hidden, 0)?;
+                no_speech_prob = log_softmax(&at_sot)
                     .get(inner.no_speech)
                     .map_or(0.0, |lp| lp.exp());
             }
-            let last = whisper
-                .decoder
-                .final_linear(&hidden.i((..1, seq_len - 1..))?)?;
-            let mut logits: Vec<f32> = last.i(0)?.i(0)?.to_vec1()?;
+            let mut logits = decoder.logits(&hidden, fed - 1)?;
             for &id in &inner.suppressed {
                 logits[id] = f32::NEG_INFINITY;
             }

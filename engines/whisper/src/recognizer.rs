@@ -1,4 +1,5 @@
 use std::collections::VecDeque;
+use std::time::Instant;
 
 use crate::error::WhisperError;
 use crate::model::{quietest_point, Effort, WhisperModel};
@@ -30,7 +31,9 @@ pub struct EndpointConfig {
     /// rest of the speech continues as the next utterance. Kept under 30 s so
     /// an utterance fits one Whisper window.
     pub max_utterance_ms: u32,
-    /// Audio of an open utterance between two partial results.
+    /// Audio of an open utterance between two partial results, at least;
+    /// the recognizer stretches it to twice the last partial's compute time
+    /// so partials never make it fall behind real time.
     pub partial_interval_ms: u32,
     /// Audio kept before the first speech frame, so onsets are not clipped.
     pub pre_roll_ms: u32,
@@ -96,6 +99,11 @@ pub struct Recognizer {
     next_id: u64,
     /// Stream position where the last final's audio ended.
     last_end: u64,
+    /// Compute time of the last partial decode, in samples of audio. Partials
+    /// are spaced at least twice that far apart, so that on a slow or busy
+    /// machine they cannot make the recognizer fall behind real time, which
+    /// would delay every final after them.
+    partial_cost: usize,
     finished: bool,
 }
 
@@ -151,6 +159,7 @@ impl Recognizer {
             open: None,
             next_id: 1,
             last_end: 0,
+            partial_cost: 0,
             finished: false,
         }
     }
@@ -263,9 +272,13 @@ impl Recognizer {
         } else if utterance.audio.len() >= self.max_utterance {
             self.split(utterance, events)?;
         } else {
+            // Only on a speech frame: in a pause the utterance may be about to
+            // end, and a partial then would only delay its final.
             if self.partials
+                && utterance.silence_run == 0
                 && utterance.voiced >= self.min_speech
-                && utterance.audio.len() - utterance.partial_at >= self.partial_interval
+                && utterance.audio.len() - utterance.partial_at
+                    >= self.partial_interval.max(2 * self.partial_cost)
             {
                 utterance.partial_at = utterance.audio.len();
                 if let Some(event) = self.partial_event(&mut utterance)? {
@@ -327,9 +340,12 @@ impl Recognizer {
         &mut self,
         utterance: &mut Utterance,
     ) -> Result<Option<RecognizerEvent>, WhisperError> {
+        let started = Instant::now();
         let result = self
             .model
             .transcribe_with(&utterance.audio, Effort::Greedy)?;
+        self.partial_cost =
+            (started.elapsed().as_secs_f64() * f64::from(SAMPLE_RATE)).round() as usize;
         if result.text.trim().is_empty() {
             return Ok(None);
         }
