@@ -7,6 +7,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 use voxwire_proto::session::validate_session_id;
 use voxwire_proto::stt::{recognize_request, RecognizeRequest, TranscriptEvent};
 use voxwire_proto::stt_stream::{SttLimits, SttRequestValidator};
@@ -85,62 +86,67 @@ pub fn recognize_stream(
     };
     let admitted = app.admit()?;
     let (tx, rx) = mpsc::channel(32);
-    tokio::spawn(async move {
-        let _admitted = admitted;
-        let (requests_tx, mut requests_rx) = mpsc::channel(64);
-        let (events_tx, mut events_rx) = mpsc::channel(64);
-        let reader = async move {
-            loop {
-                match input.message().await {
-                    Ok(Some(request)) => {
-                        validator.accept(&request)?;
-                        if requests_tx.send(request).await.is_err() {
+    let span =
+        tracing::info_span!("session", session = %config.session_id, trace_id = %trace.trace_id);
+    tokio::spawn(
+        async move {
+            let _admitted = admitted;
+            let (requests_tx, mut requests_rx) = mpsc::channel(64);
+            let (events_tx, mut events_rx) = mpsc::channel(64);
+            let reader = async move {
+                loop {
+                    match input.message().await {
+                        Ok(Some(request)) => {
+                            validator.accept(&request)?;
+                            if requests_tx.send(request).await.is_err() {
+                                return Ok(());
+                            }
+                        }
+                        Ok(None) => {
+                            validator.half_closed()?;
                             return Ok(());
                         }
-                    }
-                    Ok(None) => {
-                        validator.half_closed()?;
-                        return Ok(());
-                    }
-                    Err(status) => {
-                        return Err(Status::cancelled(format!("client stream: {status}")))
+                        Err(status) => {
+                            return Err(Status::cancelled(format!("client stream: {status}")))
+                        }
                     }
                 }
-            }
-        };
-        let relay = async {
-            let events_tx = events_tx;
-            app.stt
-                .recognize(config, &mut requests_rx, &trace, &events_tx)
-                .await
-        };
-        let forward = async {
-            while let Some(event) = events_rx.recv().await {
-                if tx.send(Ok(event)).await.is_err() {
-                    break;
-                }
-            }
-        };
-        let run = async {
-            tokio::pin!(reader);
-            tokio::pin!(relay);
-            let mut reading = true;
-            loop {
-                tokio::select! {
-                    result = &mut relay => return result,
-                    result = &mut reader, if reading => {
-                        reading = false;
-                        // A client that broke a rule ends the relay with its status.
-                        result?;
+            };
+            let relay = async {
+                let events_tx = events_tx;
+                app.stt
+                    .recognize(config, &mut requests_rx, &trace, &events_tx)
+                    .await
+            };
+            let forward = async {
+                while let Some(event) = events_rx.recv().await {
+                    if tx.send(Ok(event)).await.is_err() {
+                        break;
                     }
                 }
+            };
+            let run = async {
+                tokio::pin!(reader);
+                tokio::pin!(relay);
+                let mut reading = true;
+                loop {
+                    tokio::select! {
+                        result = &mut relay => return result,
+                        result = &mut reader, if reading => {
+                            reading = false;
+                            // A client that broke a rule ends the relay with its status.
+                            result?;
+                        }
+                    }
+                }
+            };
+            let (result, ()) = tokio::join!(run, forward);
+            if let Err(status) = result {
+                let _ = tx.send(Err(status)).await;
             }
-        };
-        let (result, ()) = tokio::join!(run, forward);
-        if let Err(status) = result {
-            let _ = tx.send(Err(status)).await;
         }
-    });
+        .instrument(span),
+    );
     Ok(ReceiverStream::new(rx))
 }
 
@@ -221,15 +227,19 @@ impl Voxwire for VoxwireApi {
             })?;
         session.pin();
         let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(converse::run(
-            Arc::clone(&self.app),
-            session,
-            config,
-            input,
-            trace,
-            tx,
-            admitted,
-        ));
+        let span = tracing::info_span!("session", session = %id, trace_id = %trace.trace_id);
+        tokio::spawn(
+            converse::run(
+                Arc::clone(&self.app),
+                session,
+                config,
+                input,
+                trace,
+                tx,
+                admitted,
+            )
+            .instrument(span),
+        );
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

@@ -93,7 +93,8 @@ impl Orchestrator {
         let mut binding = session.tts.lock().await;
         session.touch();
         session.transition(SessionState::Speaking);
-        let span = tracing::info_span!("turn", session = %session.id, trace_id = %trace.trace_id);
+        let session_span = tracing::info_span!("session", session = %session.id);
+        let span = tracing::info_span!(parent: &session_span, "turn", trace_id = %trace.trace_id);
         let result = self
             .tts
             .speak(&mut binding, text, trace, out)

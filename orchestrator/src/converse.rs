@@ -297,6 +297,10 @@ impl Conversation {
             return Ok(());
         };
         turn.task.abort();
+        self.app.metrics.inc(
+            metrics::TURNS,
+            &[("kind", "tts"), ("outcome", "interrupted")],
+        );
         let mut frames = turn.frames;
         frames.close();
         let mut dropped = 0u64;

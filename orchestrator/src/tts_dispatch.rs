@@ -133,6 +133,7 @@ impl TtsDispatcher {
                             // A transport failure mid-stream (h2 reset, connection
                             // lost) surfaces as UNKNOWN; it means the worker went away.
                             let code = match error.status.code() {
+                                _ if out.is_closed() => Code::Cancelled,
                                 Code::Unknown | Code::Cancelled => Code::Unavailable,
                                 other => other,
                             };

@@ -485,3 +485,23 @@ async fn drain_finishes_the_turn_in_flight_then_stops() {
         .expect("stops within the bound")
         .expect("clean stop");
 }
+
+#[tokio::test]
+async fn stream_ending_without_final_is_a_violation() {
+    let faulty = FakeTts::new(Mode::NoFinal);
+    let server = fake_tts(faulty.clone(), true).await;
+    let orch = orchestrator(tts_args(&[server.address()])).await;
+    orch.wait_ready().await;
+    let spoken = speak(&mut orch.voxwire(), "cut", "Hello.").await;
+    let error = spoken.error.expect("turn fails");
+    assert_eq!(error.code(), Code::Internal);
+    assert!(error.message().contains("TTS-FINAL-MISSING"), "{error:?}");
+    assert!(!spoken.frames.is_empty(), "the valid frames were relayed");
+    assert_eq!(
+        orch.running
+            .app
+            .metrics
+            .counter(metrics::VIOLATIONS, &[("rule", "TTS-FINAL-MISSING")]),
+        1
+    );
+}

@@ -282,6 +282,8 @@ pub enum Mode {
     Unavailable,
     /// The first call sends a data frame, then an empty non-final frame.
     EmptyNonFinalOnce,
+    /// Data frames, then the stream ends without a final frame.
+    NoFinal,
 }
 
 #[derive(Clone)]
@@ -372,6 +374,11 @@ impl TtsService for FakeTts {
                 frames
             }
             Mode::EmptyNonFinalOnce => valid_frames(&session),
+            Mode::NoFinal => {
+                let mut frames = valid_frames(&session);
+                frames.pop();
+                frames
+            }
         };
         Ok(Response::new(Box::pin(tokio_stream::iter(
             frames.into_iter().map(Ok),
