@@ -132,6 +132,15 @@ impl CustomOp1 for FusedConv1d {
             candle_core::bail!("fused conv1d: contiguous input required")
         };
         let x = &data[start..end];
+        let (out, t_out) = self.run(x, t)?;
+        Ok((CpuStorage::F32(out), Shape::from((1, self.c_out, t_out))))
+    }
+}
+
+impl FusedConv1d {
+    /// Convolves `x` (`[c_in, t]`, contiguous); returns `[c_out, t_out]` and
+    /// `t_out`.
+    fn run(&self, x: &[f32], t: usize) -> candle_core::Result<(Vec<f32>, usize)> {
         let span = self.dilation * (self.k - 1);
         let t_out = (t + 2 * self.padding).saturating_sub(span);
         if self.residual && (t_out != t || self.c_out != self.c_in) {
@@ -177,6 +186,113 @@ impl CustomOp1 for FusedConv1d {
                     Ok(())
                 })
             })?;
+        Ok((out, t_out))
+    }
+}
+
+/// `ConvTranspose1d` (PyTorch weight `[c_in, c_out, k]`) with a leaky ReLU on
+/// its input, computed polyphase: output phase `r` of stride `s` is an
+/// ordinary convolution of the input with taps `r, r + s, ...` of the
+/// kernel. That reuses the blocked GEMM above and writes each output sample
+/// once, where col2im would accumulate `k / s` partial sums per sample.
+#[derive(Debug, Clone)]
+pub struct FusedConvTranspose1d {
+    phases: Vec<FusedConv1d>,
+    c_in: usize,
+    c_out: usize,
+    k: usize,
+    stride: usize,
+    padding: usize,
+}
+
+impl FusedConvTranspose1d {
+    pub fn new(
+        weight: &Tensor,
+        bias: &Tensor,
+        stride: usize,
+        padding: usize,
+        input_slope: f32,
+    ) -> candle_core::Result<Self> {
+        let (c_in, c_out, k) = weight.dims3()?;
+        if stride == 0 || stride > k {
+            candle_core::bail!("conv transpose: stride {stride} with kernel {k}")
+        }
+        let w = weight.flatten_all()?.to_vec1::<f32>()?;
+        let mut phases = Vec::with_capacity(stride);
+        for r in 0..stride {
+            // Taps r + j * stride; output position q takes input q - j, so
+            // the phase kernel is those taps in reverse order.
+            let taps = (k - r).div_ceil(stride);
+            let mut pw = vec![0f32; c_out * c_in * taps];
+            for o in 0..c_out {
+                for ci in 0..c_in {
+                    for kk in 0..taps {
+                        let tap = r + (taps - 1 - kk) * stride;
+                        pw[(o * c_in + ci) * taps + kk] = w[(ci * c_out + o) * k + tap];
+                    }
+                }
+            }
+            let pw = Tensor::from_vec(pw, (c_out, c_in, taps), weight.device())?;
+            phases.push(
+                FusedConv1d::new(&pw, Some(bias), 1, taps - 1)?.with_input_leaky_relu(input_slope),
+            );
+        }
+        Ok(Self {
+            phases,
+            c_in,
+            c_out,
+            k,
+            stride,
+            padding,
+        })
+    }
+}
+
+impl CustomOp1 for FusedConvTranspose1d {
+    fn name(&self) -> &'static str {
+        "piper-fused-conv-transpose1d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (b, c, t) = layout.shape().dims3()?;
+        if b != 1 || c != self.c_in || t == 0 {
+            candle_core::bail!(
+                "fused conv transpose: input {:?} for {} input channels",
+                layout.shape(),
+                self.c_in
+            )
+        }
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("fused conv transpose: f32 input required")
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("fused conv transpose: contiguous input required")
+        };
+        let x = &data[start..end];
+        let full = (t - 1) * self.stride + self.k;
+        let Some(t_out) = full.checked_sub(2 * self.padding) else {
+            candle_core::bail!("fused conv transpose: padding exceeds output")
+        };
+        let phases = self
+            .phases
+            .iter()
+            .map(|p| p.run(x, t))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let mut out = vec![0f32; self.c_out * t_out];
+        out.par_chunks_mut(t_out.max(1))
+            .enumerate()
+            .for_each(|(o, row)| {
+                for (m, y) in row.iter_mut().enumerate() {
+                    let pos = m + self.padding;
+                    let (q, r) = (pos / self.stride, pos % self.stride);
+                    let (phase, len) = &phases[r];
+                    *y = phase[o * len + q];
+                }
+            });
         Ok((CpuStorage::F32(out), Shape::from((1, self.c_out, t_out))))
     }
 }
@@ -216,6 +332,28 @@ mod tests {
                 + &x)?;
             let err = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
             assert!(err < 1e-4, "fused: {err}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn transpose_matches_candle() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        for (c_in, c_out, k, stride, padding, t) in
+            [(6, 4, 16, 8, 4, 9), (4, 3, 8, 4, 2, 3), (3, 2, 5, 2, 1, 7)]
+        {
+            let x = Tensor::randn(0f32, 1.0, (1, c_in, t), &dev)?;
+            let w = Tensor::randn(0f32, 0.3, (c_in, c_out, k), &dev)?;
+            let b = Tensor::randn(0f32, 1.0, c_out, &dev)?;
+            let op = FusedConvTranspose1d::new(&w, &b, stride, padding, 0.1)?;
+            let got = x.apply_op1_no_bwd(&op)?;
+            let act = x.maximum(&(&x * 0.1)?)?;
+            let want = act
+                .conv_transpose1d(&w, padding, 0, stride, 1, 1)?
+                .broadcast_add(&b.reshape((c_out, 1))?)?;
+            assert_eq!(got.dims(), want.dims());
+            let err = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(err < 1e-4, "k={k} s={stride}: {err}");
         }
         Ok(())
     }

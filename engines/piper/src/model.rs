@@ -10,7 +10,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 
-use crate::conv::FusedConv1d;
+use crate::conv::{FusedConv1d, FusedConvTranspose1d};
 use crate::onnx::{ConvAttrs, OnnxWeights};
 use crate::spline;
 use crate::PiperError;
@@ -761,21 +761,14 @@ impl ResBlock {
 
 #[derive(Debug, Clone)]
 struct Upsample {
-    /// `[c_in, c_out, k]`
-    weight: Tensor,
-    bias: Tensor,
+    /// `leaky_relu` then `ConvTranspose1d`, as one op.
+    op: FusedConvTranspose1d,
     stride: usize,
-    padding: usize,
 }
 
 impl Upsample {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // candle's fast col2im path needs zero padding; PyTorch's padding on
-        // a transposed conv just trims the full output on both sides.
-        let full = x.conv_transpose1d(&self.weight, 0, 0, self.stride, 1, 1)?;
-        let len = full.dim(2)?;
-        let y = full.narrow(2, self.padding, len - 2 * self.padding)?;
-        Ok(y.broadcast_add(&self.bias)?)
+        Ok(x.contiguous()?.apply_op1_no_bwd(&self.op)?)
     }
 }
 
@@ -800,13 +793,16 @@ impl Decoder {
                     "dec.ups.{i}: unsupported {attrs:?}"
                 )));
             }
-            let bias = w.get(&format!("dec.ups.{i}.bias"))?;
-            let n = bias.elem_count();
+            let op = FusedConvTranspose1d::new(
+                &w.get(&format!("dec.ups.{i}.weight"))?,
+                &w.get(&format!("dec.ups.{i}.bias"))?,
+                attrs.stride,
+                attrs.padding,
+                LRELU_SLOPE as f32,
+            )?;
             ups.push(Upsample {
-                weight: w.get(&format!("dec.ups.{i}.weight"))?,
-                bias: bias.reshape((n, 1))?,
+                op,
                 stride: attrs.stride,
-                padding: attrs.padding,
             });
             i += 1;
         }
@@ -845,7 +841,7 @@ impl Decoder {
             x = x.broadcast_add(&cond.forward(g)?)?;
         }
         for (i, up) in self.ups.iter().enumerate() {
-            x = up.forward(&leaky_relu(&x, LRELU_SLOPE)?)?;
+            x = up.forward(&x)?;
             let mut acc: Option<Tensor> = None;
             for rb in &self.resblocks[i * per_stage..(i + 1) * per_stage] {
                 let y = rb.forward(&x)?;
