@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 
+use crate::catalogue::CaseLevel;
 use crate::outcome::{Failure, Outcome, TraceEntry};
 use crate::runner::{Report, Standing};
 
@@ -53,6 +54,9 @@ pub fn human(report: &Report) -> String {
                     out,
                     "      listed as known failing, but passed: remove it from the list"
                 );
+            }
+            Outcome::Pass { note: Some(note) } if result.level == CaseLevel::Info => {
+                let _ = writeln!(out, "      {note}");
             }
             Outcome::Pass { .. } => {}
         }

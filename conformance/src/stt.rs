@@ -60,12 +60,11 @@ impl SttCall {
             .map(|s| TraceEntry {
                 sequence_number: s.event.sequence_number,
                 detail: format!(
-                    "utt {} {:?} {}-{} ms {:?}{}",
+                    "utt {} {:?} {}-{} ms{}",
                     s.event.utterance_id,
                     s.event.text,
                     s.event.start_ms,
                     s.event.end_ms,
-                    s.event.session_id,
                     if s.after_end {
                         " (after end of audio)"
                     } else {

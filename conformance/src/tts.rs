@@ -75,15 +75,10 @@ pub(crate) fn trace(frames: &[Seen<AudioFrame>]) -> Vec<TraceEntry> {
         .map(|f| TraceEntry {
             sequence_number: f.msg.sequence_number,
             detail: format!(
-                "{} B {} Hz/{} ms{}",
+                "{} B {} Hz/{} ms",
                 f.msg.audio_data.len(),
                 f.msg.sample_rate,
                 f.msg.frame_duration_ms,
-                if f.msg.session_id.is_empty() {
-                    String::new()
-                } else {
-                    format!(" {:?}", f.msg.session_id)
-                }
             ),
             is_final: f.msg.is_final,
             at_ms: ms(f.at),

@@ -1,0 +1,215 @@
+//! The `conformance` binary as a third party uses it: exit status, the replay
+//! command it prints, the known-failing list, JSON and JUnit output, env flags.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Output;
+
+use support::faulty_tts::{self, TtsFault};
+
+async fn conformance(args: Vec<String>, env: Vec<(&'static str, String)>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_conformance"))
+            .args(&args)
+            .envs(env)
+            .output()
+            .expect("the binary runs")
+    })
+    .await
+    .expect("join")
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("voxwire-conformance-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir.join(name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_prints_every_case() {
+    let output = conformance(args(&["list"]), Vec::new()).await;
+    assert!(output.status.success());
+    let text = stdout(&output);
+    for case in voxwire_conformance::catalogue() {
+        assert!(text.contains(case.id), "{} missing from list", case.id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_must_failure_exits_non_zero_and_its_replay_reproduces_it() {
+    let worker = faulty_tts::start(TtsFault::SeqGap).await;
+    let target = worker.addr.to_string();
+    let (json, junit) = (scratch("seq.json"), scratch("seq.xml"));
+    let output = conformance(
+        args(&[
+            "tts",
+            "--target",
+            &target,
+            "--run",
+            "tts/frame/seq-gap,tts/health/*",
+            "--seed",
+            "5",
+            "--cases",
+            "3",
+            "--json",
+            json.to_str().expect("path"),
+            "--junit",
+            junit.to_str().expect("path"),
+        ]),
+        Vec::new(),
+    )
+    .await;
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains("FAIL  MUST   tts/frame/seq-gap"), "{text}");
+    assert!(text.contains("PASS  MUST   tts/health/check"), "{text}");
+    assert!(text.contains("expected: TTS-SEQ-GAP"), "{text}");
+    assert!(
+        text.contains("<- here"),
+        "the trace points at the frame: {text}"
+    );
+
+    let replay = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("replay:"))
+        .expect("a replay command")
+        .trim()
+        .to_string();
+    assert!(
+        replay.contains("--cases 1") && replay.contains(&target),
+        "{replay}"
+    );
+    let replay_args: Vec<String> = replay
+        .split_whitespace()
+        .skip(1)
+        .map(str::to_string)
+        .collect();
+    let again = conformance(replay_args, Vec::new()).await;
+    assert_eq!(
+        again.status.code(),
+        Some(1),
+        "the replay fails too: {}",
+        stdout(&again)
+    );
+    let input_line = |t: &str| {
+        t.lines()
+            .find(|l| l.trim().starts_with("input:"))
+            .map(str::to_string)
+    };
+    assert_eq!(
+        input_line(&stdout(&again)),
+        input_line(&text),
+        "the replay uses the same input"
+    );
+
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json written"))
+            .expect("valid JSON");
+    let results = report["results"].as_array().expect("results");
+    assert!(results
+        .iter()
+        .any(|r| r["id"] == "tts/frame/seq-gap" && r["standing"] == "fail"));
+    let xml = std::fs::read_to_string(&junit).expect("junit written");
+    assert!(xml.starts_with("<?xml"));
+    assert_eq!(xml.matches("<testcase ").count(), results.len());
+    assert_eq!(xml.matches("<failure ").count(), 1);
+    assert_eq!(xml.matches("</testsuites>").count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn known_failing_cases_do_not_fail_the_run_but_a_stale_entry_does() {
+    let worker = faulty_tts::start(TtsFault::HealthAbsent).await;
+    let target = worker.addr.to_string();
+    let list = scratch("known-failing.txt");
+    std::fs::write(
+        &list,
+        "# the Python fleet has no health service\ntts/health/check\ntts/health/watch\n",
+    )
+    .expect("write list");
+    // Every flag also comes from the environment.
+    let env = vec![
+        ("VOXWIRE_TARGET", target.clone()),
+        (
+            "VOXWIRE_RUN",
+            "tts/health/*,tts/session/duplicate".to_string(),
+        ),
+        ("VOXWIRE_SKIP", "tts/health/unknown-service".to_string()),
+        (
+            "VOXWIRE_KNOWN_FAILING",
+            list.to_str().expect("path").to_string(),
+        ),
+    ];
+    let output = conformance(args(&["tts"]), env.clone()).await;
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert!(text.contains("XFAIL MUST   tts/health/check"), "{text}");
+    assert!(
+        text.contains("PASS  MUST   tts/session/duplicate"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("unknown-service"),
+        "skipped by VOXWIRE_SKIP: {text}"
+    );
+
+    let healthy = faulty_tts::start(TtsFault::None).await;
+    let mut env = env;
+    env[0].1 = healthy.addr.to_string();
+    let output = conformance(args(&["tts"]), env).await;
+    let text = stdout(&output);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "a listed case that passes fails the run: {text}"
+    );
+    assert!(text.contains("XPASS MUST   tts/health/check"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_should_failure_alone_exits_zero() {
+    let worker = faulty_tts::start(TtsFault::MetricsMissing).await;
+    let output = conformance(
+        args(&[
+            "tts",
+            "--target",
+            &worker.addr.to_string(),
+            "--run",
+            "tts/caps/*",
+            "--seed",
+            "1",
+        ]),
+        Vec::new(),
+    )
+    .await;
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert!(text.contains("FAIL  SHOULD tts/caps/metrics"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_typo_in_the_known_failing_list_is_an_error() {
+    let list = scratch("typo.txt");
+    std::fs::write(&list, "tts/health/chek\n").expect("write");
+    let output = conformance(
+        args(&[
+            "tts",
+            "--target",
+            "127.0.0.1:1",
+            "--known-failing",
+            list.to_str().expect("path"),
+        ]),
+        Vec::new(),
+    )
+    .await;
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("tts/health/chek"));
+}
