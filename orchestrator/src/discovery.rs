@@ -174,3 +174,60 @@ impl Registry {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Args, Settings};
+    use crate::metrics::Metrics;
+
+    fn pools() -> (Arc<Pool>, Arc<Pool>) {
+        let settings = Settings::from_args(&Args::for_tests()).expect("settings");
+        let metrics = Arc::new(Metrics::default());
+        (
+            Pool::new(Kind::Tts, settings.endpoint.clone(), Arc::clone(&metrics)),
+            Pool::new(Kind::Stt, settings.endpoint, metrics),
+        )
+    }
+
+    #[tokio::test]
+    async fn register_validates_caps_and_adds_to_the_right_pool() {
+        let (tts, stt) = pools();
+        let registry = Registry::new(Arc::clone(&tts), Arc::clone(&stt), Duration::from_secs(10));
+        assert_eq!(
+            registry.register("video", "h:1", 5),
+            Err(RegisterError::Kind("video".into()))
+        );
+        for bad in ["nohost", ":80", "h:0", "h:x"] {
+            assert!(matches!(
+                registry.register("tts", bad, 5),
+                Err(RegisterError::Address(_))
+            ));
+        }
+        assert_eq!(
+            registry.register("stt", "127.0.0.1:9", 600),
+            Ok(Duration::from_secs(10))
+        );
+        assert_eq!(
+            registry.register("stt", "127.0.0.1:9", 0),
+            Ok(Duration::from_secs(10).min(DEFAULT_LEASE))
+        );
+        assert!(tts.is_empty());
+        assert_eq!(stt.snapshot().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn static_targets_join_the_pool() {
+        let (tts, _stt) = pools();
+        let targets = [
+            Target::Static("127.0.0.1:9".into()),
+            Target::Static("127.0.0.1:10".into()),
+        ];
+        let tasks = start(&tts, &targets, Duration::from_secs(1));
+        assert!(tasks.is_empty(), "no resolver for static targets");
+        let addresses: Vec<String> = tts.snapshot().into_iter().map(|e| e.address).collect();
+        assert_eq!(addresses, vec!["127.0.0.1:10", "127.0.0.1:9"]);
+        tts.set_source("static", BTreeSet::new());
+        assert!(tts.is_empty(), "endpoints no source names are dropped");
+    }
+}
