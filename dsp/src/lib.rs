@@ -257,3 +257,32 @@ mod tests {
         assert!((back[0] - 0.5).abs() < 1e-6);
     }
 }
+
+#[cfg(test)]
+mod stream_equivalence {
+    use super::*;
+
+    #[test]
+    fn streaming_matches_whole_clip_resampling() {
+        let input: Vec<f32> = (0..22_050)
+            .map(|i| (i as f32 * 0.05).sin() * 0.5 + (i as f32 * 0.31).sin() * 0.2)
+            .collect();
+        let whole = resample(&input, 22_050, 16_000).expect("whole");
+        let mut stream = StreamResampler::new(22_050, 16_000).expect("new");
+        let mut pieces = Vec::new();
+        for chunk in input.chunks(441) {
+            pieces.extend(stream.push(chunk).expect("push"));
+        }
+        pieces.extend(stream.finish().expect("finish"));
+        let n = whole.len().min(pieces.len());
+        let worst = (0..n)
+            .map(|i| (whole[i] - pieces[i]).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            worst < 1e-3,
+            "worst difference {worst}, lengths {} {}",
+            whole.len(),
+            pieces.len()
+        );
+    }
+}

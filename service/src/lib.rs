@@ -255,6 +255,56 @@ pub async fn serve(
     }
 }
 
+/// Why a gated server stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError<E: std::error::Error + 'static> {
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+    #[error("start-up failed: {0}")]
+    WarmUp(#[source] E),
+    #[error("server task failed: {0}")]
+    Join(String),
+}
+
+/// Serves `router` at once (NOT_SERVING), runs `warm_up` (load the model,
+/// run one inference) in the background and reports SERVING when it
+/// succeeds; drains when `stop` resolves. A failed warm-up ends the server
+/// with that error, so the process exits non-zero rather than sitting
+/// NOT_SERVING forever. This is the one start-up sequence of every worker.
+pub fn spawn_gated<E>(
+    router: Router,
+    listener: TcpListener,
+    health: Health,
+    drain: Drain,
+    drain_bound: Duration,
+    stop: impl Future<Output = ()> + Send + 'static,
+    warm_up: impl Future<Output = Result<(), E>> + Send + 'static,
+) -> tokio::task::JoinHandle<Result<(), RunError<E>>>
+where
+    E: std::error::Error + Send + 'static,
+{
+    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<E>();
+    {
+        let health = health.clone();
+        tokio::spawn(async move {
+            match warm_up.await {
+                Ok(()) => health.set_serving(true).await,
+                Err(error) => {
+                    tracing::error!(%error, "start-up failed");
+                    let _ = failed_tx.send(error);
+                }
+            }
+        });
+    }
+    tokio::spawn(async move {
+        let serve = serve(router, listener, health, drain, drain_bound, stop);
+        tokio::select! {
+            result = serve => result.map_err(RunError::from),
+            Ok(error) = failed_rx => Err(RunError::WarmUp(error)),
+        }
+    })
+}
+
 /// Serves `GET /metrics` (Prometheus text format, from `render`) on `addr`
 /// until the process ends. A worker's metrics port is optional; failing to
 /// bind it is an error the caller reports.

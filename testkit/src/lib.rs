@@ -6,6 +6,7 @@
 //! saying how to run it.
 #![forbid(unsafe_code)]
 
+pub mod speech;
 pub mod wer;
 
 use std::path::PathBuf;

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use tonic::transport::Server;
 use voxwire_proto::service_names;
 use voxwire_proto::tts::tts_service_server::TtsServiceServer;
-use voxwire_service::{Drain, Health, ServiceError};
+use voxwire_service::{Drain, Health, RunError, ServiceError};
 
 use crate::engine::{piper_voice_id, Catalogue, EngineError, VoiceSource};
 use crate::service::{TtsServiceImpl, TtsWorker, WorkerConfig};
@@ -94,6 +94,8 @@ pub enum WorkerError {
     Service(#[from] ServiceError),
     #[error(transparent)]
     Engine(#[from] EngineError),
+    #[error(transparent)]
+    Run(#[from] RunError<EngineError>),
     #[error("{0}")]
     Config(String),
     #[error("server task failed: {0}")]
@@ -150,7 +152,7 @@ fn add_piper_path(catalogue: &mut Catalogue, path: &Path) -> Result<String, Work
 pub struct RunningWorker {
     pub addr: SocketAddr,
     pub worker: Arc<TtsWorker>,
-    task: JoinHandle<Result<(), WorkerError>>,
+    task: JoinHandle<Result<(), RunError<EngineError>>>,
 }
 
 impl RunningWorker {
@@ -160,6 +162,7 @@ impl RunningWorker {
         self.task
             .await
             .map_err(|e| WorkerError::Join(e.to_string()))?
+            .map_err(WorkerError::from)
     }
 }
 
@@ -207,20 +210,6 @@ pub async fn start(
         ))));
     tracing::info!(%addr, "tts-worker listening (NOT_SERVING until the voice is warm)");
 
-    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<EngineError>();
-    {
-        let worker = Arc::clone(&worker);
-        let health = health.clone();
-        tokio::spawn(async move {
-            match worker.load_default_and_warm_up().await {
-                Ok(()) => health.set_serving(true).await,
-                Err(error) => {
-                    tracing::error!(%error, "the voice did not load");
-                    let _ = failed_tx.send(error);
-                }
-            }
-        });
-    }
     {
         let worker = Arc::clone(&worker);
         let period = (worker_idle(args) / 4).max(Duration::from_secs(1));
@@ -232,14 +221,19 @@ pub async fn start(
             }
         });
     }
-    let drain_bound = Duration::from_secs(args.drain_seconds);
-    let task = tokio::spawn(async move {
-        let serve = voxwire_service::serve(router, listener, health, drain, drain_bound, stop);
-        tokio::select! {
-            result = serve => result.map_err(WorkerError::from),
-            Ok(error) = failed_rx => Err(WorkerError::Engine(error)),
-        }
-    });
+    let warm_up = {
+        let worker = Arc::clone(&worker);
+        async move { worker.load_default_and_warm_up().await }
+    };
+    let task = voxwire_service::spawn_gated(
+        router,
+        listener,
+        health,
+        drain,
+        Duration::from_secs(args.drain_seconds),
+        stop,
+        warm_up,
+    );
     Ok(RunningWorker { addr, worker, task })
 }
 

@@ -10,7 +10,12 @@ use voxctl::transcribe::{Route, SendOptions};
 #[command(name = "voxctl", version, about)]
 struct Cli {
     /// The orchestrator to talk to.
-    #[arg(long, global = true, env = "VOXWIRE_ORCHESTRATOR", default_value = "127.0.0.1:50051")]
+    #[arg(
+        long,
+        global = true,
+        env = "VOXWIRE_ORCHESTRATOR",
+        default_value = "127.0.0.1:50051"
+    )]
     orchestrator: String,
     #[command(subcommand)]
     command: Command,
@@ -57,7 +62,12 @@ enum Command {
 async fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Say { text, output, tts, model } => {
+        Command::Say {
+            text,
+            output,
+            tts,
+            model,
+        } => {
             let spoken = match &tts {
                 Some(worker) => voxctl::speak::via_worker(worker, &text, &model).await,
                 None => voxctl::speak::via_orchestrator(&cli.orchestrator, &text, &model).await,
@@ -76,7 +86,12 @@ async fn main() -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Transcribe { input, stt, partials, realtime } => {
+        Command::Transcribe {
+            input,
+            stt,
+            partials,
+            realtime,
+        } => {
             let (samples, rate) = voxctl::wav::read_mono16(&input)
                 .with_context(|| format!("reading {}", input.display()))?;
             let (target, route) = match &stt {
@@ -100,11 +115,14 @@ async fn main() -> anyhow::Result<ExitCode> {
             match status {
                 Ok(status) => {
                     println!("{}", status.as_str_name());
-                    Ok(if status == tonic_health::pb::health_check_response::ServingStatus::Serving {
-                        ExitCode::SUCCESS
-                    } else {
-                        ExitCode::FAILURE
-                    })
+                    Ok(
+                        if status == tonic_health::pb::health_check_response::ServingStatus::Serving
+                        {
+                            ExitCode::SUCCESS
+                        } else {
+                            ExitCode::FAILURE
+                        },
+                    )
                 }
                 Err(error) => {
                     eprintln!("{target}: {error}");

@@ -31,7 +31,11 @@ impl Spoken {
 }
 
 /// Through the orchestrator's `voxwire.v1.Voxwire/Speak`.
-pub async fn via_orchestrator(target: &str, text: &str, model: &str) -> Result<Spoken, ClientError> {
+pub async fn via_orchestrator(
+    target: &str,
+    text: &str,
+    model: &str,
+) -> Result<Spoken, ClientError> {
     let mut client = VoxwireClient::new(connect(target).await?);
     let session_id = fresh_session_id("voxctl");
     let started = Instant::now();
@@ -106,7 +110,9 @@ async fn collect(
     validator.finish()?;
     let sample_rate = validator
         .format()
-        .map_or(voxwire_proto::audio::DEFAULT_SAMPLE_RATE, |f| f.sample_rate());
+        .map_or(voxwire_proto::audio::DEFAULT_SAMPLE_RATE, |f| {
+            f.sample_rate()
+        });
     Ok(Spoken {
         pcm,
         sample_rate,

@@ -9,7 +9,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use voxwire_proto::stt::stt_service_client::SttServiceClient;
-use voxwire_proto::stt::{recognize_request, AudioChunk, RecognitionConfig, RecognizeRequest, TranscriptEvent};
+use voxwire_proto::stt::{
+    recognize_request, AudioChunk, RecognitionConfig, RecognizeRequest, TranscriptEvent,
+};
 use voxwire_proto::stt_stream::SttStreamValidator;
 use voxwire_proto::voxwire::v1::voxwire_client::VoxwireClient;
 

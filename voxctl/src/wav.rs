@@ -19,7 +19,9 @@ pub fn write_pcm16(path: &Path, sample_rate: u32, pcm: &[u8]) -> Result<(), Clie
             .write_sample(sample)
             .map_err(|e| ClientError::Wav(e.to_string()))?;
     }
-    writer.finalize().map_err(|e| ClientError::Wav(e.to_string()))
+    writer
+        .finalize()
+        .map_err(|e| ClientError::Wav(e.to_string()))
 }
 
 /// Reads a WAV as mono 16-bit samples and its rate.

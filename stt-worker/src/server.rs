@@ -1,0 +1,180 @@
+//! Flags, start-up and shutdown of the STT worker: the port is bound first,
+//! health says NOT_SERVING while the model loads, SERVING after one warm-up
+//! decode; SIGTERM drains.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tonic::transport::Server;
+use voxwire_proto::service_names;
+use voxwire_proto::stt::stt_service_server::SttServiceServer;
+use voxwire_proto::stt_stream::SttLimits;
+use voxwire_service::{Drain, Health, RunError, ServiceError};
+use voxwire_whisper::EndpointConfig;
+
+use crate::service::{LoadError, SttConfig, SttServiceImpl, SttWorker};
+
+/// The model used when --model is not given: VOXWIRE_MODEL_DIR/<this>.
+pub const DEFAULT_MODEL_DIR: &str = "whisper-tiny.en";
+
+/// voxwire STT worker: audio in, partial and final transcripts out.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "stt-worker", version, about)]
+pub struct Args {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "VOXWIRE_LISTEN", default_value = "0.0.0.0:50071")]
+    pub listen: String,
+    /// Whisper model directory (Hugging Face layout: config.json,
+    /// tokenizer.json, model.safetensors, mel_filters_80.f32le).
+    /// Default: VOXWIRE_MODEL_DIR/whisper-tiny.en.
+    #[arg(long, env = "VOXWIRE_MODEL")]
+    pub model: Option<PathBuf>,
+    /// Directory laid out like shared/models, for the default model.
+    #[arg(long, env = "VOXWIRE_MODEL_DIR")]
+    pub model_dir: Option<PathBuf>,
+    /// Recognize streams at once; past it RESOURCE_EXHAUSTED.
+    #[arg(long, env = "VOXWIRE_MAX_SESSIONS", default_value_t = 4)]
+    pub max_sessions: usize,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long, env = "VOXWIRE_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+    /// Largest audio chunk accepted, in bytes.
+    #[arg(long, env = "VOXWIRE_MAX_CHUNK_BYTES", default_value_t = 96_000)]
+    pub max_chunk_bytes: usize,
+    /// Longest stream accepted, in seconds of audio.
+    #[arg(long, env = "VOXWIRE_MAX_STREAM_SECONDS", default_value_t = 600)]
+    pub max_stream_seconds: u32,
+    /// Silence that ends an utterance, in milliseconds.
+    #[arg(long, env = "VOXWIRE_ENDPOINT_SILENCE_MS", default_value_t = 500)]
+    pub endpoint_silence_ms: u32,
+    /// Audio between two partial transcripts, in milliseconds.
+    #[arg(long, env = "VOXWIRE_PARTIAL_INTERVAL_MS", default_value_t = 1_000)]
+    pub partial_interval_ms: u32,
+    /// Bound on finishing in-flight work after SIGTERM, in seconds.
+    #[arg(long, env = "VOXWIRE_DRAIN_SECONDS", default_value_t = 10)]
+    pub drain_seconds: u64,
+}
+
+impl Args {
+    /// Defaults for tests: a free loopback port, the given model.
+    pub fn for_tests(model: PathBuf) -> Args {
+        Args {
+            listen: "127.0.0.1:0".to_string(),
+            model: Some(model),
+            model_dir: None,
+            max_sessions: 4,
+            metrics_listen: None,
+            max_chunk_bytes: 96_000,
+            max_stream_seconds: 600,
+            endpoint_silence_ms: 500,
+            partial_interval_ms: 1_000,
+            drain_seconds: 5,
+        }
+    }
+
+    fn model_path(&self) -> Result<PathBuf, WorkerError> {
+        match (&self.model, &self.model_dir) {
+            (Some(model), _) => Ok(model.clone()),
+            (None, Some(dir)) => Ok(dir.join(DEFAULT_MODEL_DIR)),
+            (None, None) => Err(WorkerError::Config(
+                "no model: give --model DIR or set VOXWIRE_MODEL_DIR".to_string(),
+            )),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+    #[error(transparent)]
+    Run(#[from] RunError<LoadError>),
+    #[error("{0}")]
+    Config(String),
+    #[error("server task failed: {0}")]
+    Join(String),
+}
+
+pub struct RunningWorker {
+    pub addr: SocketAddr,
+    pub worker: Arc<SttWorker>,
+    task: JoinHandle<Result<(), RunError<LoadError>>>,
+}
+
+impl RunningWorker {
+    pub async fn wait(self) -> Result<(), WorkerError> {
+        self.task
+            .await
+            .map_err(|e| WorkerError::Join(e.to_string()))?
+            .map_err(WorkerError::from)
+    }
+}
+
+pub async fn start(
+    args: &Args,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<RunningWorker, WorkerError> {
+    let model_path = args.model_path()?;
+    let (listener, addr) = voxwire_service::bind(&args.listen).await?;
+    let (health, health_service) = Health::new(&[service_names::STT]).await;
+    let drain = Drain::new();
+    let config = SttConfig {
+        max_sessions: args.max_sessions,
+        limits: SttLimits {
+            max_chunk_bytes: args.max_chunk_bytes,
+            max_stream_seconds: args.max_stream_seconds,
+        },
+        endpointing: EndpointConfig {
+            min_silence_ms: args.endpoint_silence_ms,
+            partial_interval_ms: args.partial_interval_ms,
+            ..EndpointConfig::default()
+        },
+    };
+    let worker = SttWorker::new(config, drain.clone());
+    if let Some(metrics_addr) = &args.metrics_listen {
+        let w = Arc::clone(&worker);
+        let bound = voxwire_service::serve_metrics(
+            metrics_addr,
+            Arc::new(move || {
+                let metrics = w.load_metrics();
+                voxwire_service::render_gauges(
+                    "voxwire_stt",
+                    metrics.iter().map(|(k, v)| (k.as_str(), *v)),
+                )
+            }),
+        )
+        .await?;
+        tracing::info!(%bound, "metrics listening");
+    }
+    let router = Server::builder()
+        .add_service(health_service)
+        .add_service(voxwire_service::reflection()?)
+        .add_service(SttServiceServer::new(SttServiceImpl::new(Arc::clone(
+            &worker,
+        ))));
+    tracing::info!(%addr, model = %model_path.display(), "stt-worker listening (NOT_SERVING until the model is warm)");
+    let warm_up = {
+        let worker = Arc::clone(&worker);
+        async move { worker.load_and_warm_up(model_path).await }
+    };
+    let task = voxwire_service::spawn_gated(
+        router,
+        listener,
+        health,
+        drain,
+        Duration::from_secs(args.drain_seconds),
+        stop,
+        warm_up,
+    );
+    Ok(RunningWorker { addr, worker, task })
+}
+
+/// Runs until SIGTERM (then drains and returns) or a start-up failure.
+pub async fn run(args: Args) -> Result<(), WorkerError> {
+    let running = start(&args, voxwire_service::shutdown_signal()).await?;
+    running.wait().await
+}
