@@ -167,3 +167,45 @@ fn non_finite_audio_is_an_error() {
     pcm[10] = f32::NAN;
     assert!(model.transcribe(&pcm).is_err());
 }
+
+#[test]
+fn long_speech_is_split_at_the_utterance_limit() {
+    let Some(model) = common::model() else { return };
+    let Some(pcm) = common::speak(FEW_SENTENCES) else {
+        return;
+    };
+    // espeak-ng's pauses between these sentences are shorter than the 500 ms
+    // that ends an utterance, so only the length limit can split them.
+    let config = EndpointConfig {
+        max_utterance_ms: 5_000,
+        ..EndpointConfig::default()
+    };
+    let mut recognizer = Recognizer::new(model, config, false);
+    let (streamed, after_end) = stream(&mut recognizer, &pcm);
+    common::validate(&streamed, &after_end, false);
+    let finals: Vec<&RecognizerEvent> = streamed
+        .iter()
+        .chain(&after_end)
+        .filter(|e| e.is_final && !e.text.is_empty())
+        .collect();
+    assert!(finals.len() >= 2, "{finals:?}");
+    for event in &finals {
+        assert!(event.end_ms - event.start_ms <= 5_000, "{event:?}");
+    }
+    let text = finals
+        .iter()
+        .map(|e| e.text.as_str())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let wer = word_error_rate(FEW_SENTENCES, &text);
+    eprintln!("split WER {wer:.3}: {text:?}");
+    assert!(wer <= WER_BOUND, "WER {wer:.3} for {text:?}");
+}
+
+#[test]
+fn the_model_and_recognizer_can_move_between_threads() {
+    fn shared<T: Send + Sync + Clone>() {}
+    fn movable<T: Send>() {}
+    shared::<voxwire_whisper::WhisperModel>();
+    movable::<Recognizer>();
+}
