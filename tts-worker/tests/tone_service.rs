@@ -4,10 +4,12 @@
 
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+mod common;
+
+use common::*;
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
-use tonic::transport::Channel;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -15,115 +17,7 @@ use tonic_health::pb::HealthCheckRequest;
 use voxwire_proto::tts::tts_service_client::TtsServiceClient;
 use voxwire_proto::tts::*;
 use voxwire_proto::tts_stream::{FrameKind, TtsStreamValidator};
-use voxwire_tts_worker::server::{start, Args, RunningWorker};
-
-struct Fixture {
-    running: RunningWorker,
-    stop: oneshot::Sender<()>,
-    channel: Channel,
-}
-
-async fn start_worker(args: Args) -> Fixture {
-    let (stop, stopped) = oneshot::channel();
-    let running = start(&args, async {
-        let _ = stopped.await;
-    })
-    .await
-    .expect("worker starts");
-    let channel = Channel::from_shared(format!("http://{}", running.addr))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
-    let fixture = Fixture {
-        running,
-        stop,
-        channel,
-    };
-    fixture.wait_serving().await;
-    fixture
-}
-
-impl Fixture {
-    fn tts(&self) -> TtsServiceClient<Channel> {
-        TtsServiceClient::new(self.channel.clone())
-    }
-
-    /// Waits on the health Watch stream (never a sleep) for SERVING.
-    async fn wait_serving(&self) {
-        let mut health = HealthClient::new(self.channel.clone());
-        let mut watch = health
-            .watch(HealthCheckRequest {
-                service: "tts.TTSService".into(),
-            })
-            .await
-            .expect("watch")
-            .into_inner();
-        let deadline = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(update) = watch.next().await {
-                if update.expect("update").status == ServingStatus::Serving as i32 {
-                    return;
-                }
-            }
-            panic!("watch ended before SERVING");
-        });
-        deadline.await.expect("SERVING within 30 s");
-    }
-
-    async fn start_session(&self, id: &str) {
-        self.tts()
-            .start_session(StartSessionRequest {
-                session_id: id.into(),
-                ..Default::default()
-            })
-            .await
-            .expect("session starts");
-    }
-}
-
-fn code<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> Code {
-    result.unwrap_err().code()
-}
-
-fn chunk(session: &str, text: &str, is_final: bool, seq: i64) -> TextChunk {
-    TextChunk {
-        session_id: session.into(),
-        text: text.into(),
-        is_final,
-        sequence_number: seq,
-    }
-}
-
-/// Runs one Synthesize call with `chunks`, validating every frame.
-async fn synthesize(
-    client: &mut TtsServiceClient<Channel>,
-    session: &str,
-    chunks: Vec<TextChunk>,
-) -> Vec<(AudioFrame, FrameKind)> {
-    let mut frames = client
-        .synthesize(tokio_stream::iter(chunks))
-        .await
-        .expect("synthesize")
-        .into_inner();
-    let mut validator = TtsStreamValidator::new(session);
-    let mut out = Vec::new();
-    while let Some(frame) = frames.next().await {
-        let frame = frame.expect("frame");
-        let kind = validator.observe(&frame).expect("valid frame");
-        out.push((frame, kind));
-    }
-    validator.finish().expect("stream has its final");
-    out
-}
-
-async fn metric(client: &mut TtsServiceClient<Channel>, key: &str) -> f64 {
-    let caps = client
-        .get_capabilities(GetCapabilitiesRequest {})
-        .await
-        .expect("capabilities")
-        .into_inner();
-    caps.metrics.get(key).copied().expect("metric reported")
-}
+use voxwire_tts_worker::server::Args;
 
 #[tokio::test]
 async fn session_errors_have_their_status_codes() {
