@@ -290,3 +290,97 @@ impl OnnxWeights {
         self.get(name)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tensor(name: &str, dims: &[i64], values: &[f32]) -> TensorProto {
+        TensorProto {
+            dims: dims.to_vec(),
+            data_type: DATA_TYPE_FLOAT,
+            name: name.to_string(),
+            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn model(nodes: Vec<NodeProto>, initializers: Vec<TensorProto>) -> Vec<u8> {
+        ModelProto {
+            graph: Some(GraphProto {
+                node: nodes,
+                name: "test".into(),
+                initializer: initializers,
+            }),
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn anonymous_conv_weights_are_named_after_their_node() -> Result<(), PiperError> {
+        let node = NodeProto {
+            input: vec!["x".into(), "onnx::Conv_1".into(), "onnx::Conv_2".into()],
+            output: vec!["y".into()],
+            name: "/flow/flows.0/enc/in_layers.1/Conv".into(),
+            op_type: "Conv".into(),
+            attribute: vec![
+                AttributeProto {
+                    name: "dilations".into(),
+                    ints: vec![3],
+                    ..Default::default()
+                },
+                AttributeProto {
+                    name: "pads".into(),
+                    ints: vec![6, 6],
+                    ..Default::default()
+                },
+            ],
+        };
+        let bytes = model(
+            vec![node],
+            vec![
+                tensor("onnx::Conv_1", &[2, 1, 1], &[1.0, 2.0]),
+                tensor("onnx::Conv_2", &[2], &[3.0, 4.0]),
+            ],
+        );
+        let w = OnnxWeights::parse(&bytes, &Device::Cpu)?;
+        let weight = w.get("flow.flows.0.enc.in_layers.1.weight")?;
+        assert_eq!(weight.dims(), &[2, 1, 1]);
+        assert_eq!(
+            w.get("flow.flows.0.enc.in_layers.1.bias")?
+                .to_vec1::<f32>()?,
+            vec![3.0, 4.0]
+        );
+        let attrs = w.conv_attrs("flow.flows.0.enc.in_layers.1")?;
+        assert_eq!((attrs.dilation, attrs.padding, attrs.stride), (3, 6, 1));
+        assert!(matches!(
+            w.get("dec.conv_pre.weight"),
+            Err(PiperError::MissingWeight(_))
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn graph_without_the_network_is_a_missing_weight() -> Result<(), PiperError> {
+        let bytes = model(vec![], vec![tensor("unrelated", &[1], &[0.0])]);
+        let w = OnnxWeights::parse(&bytes, &Device::Cpu)?;
+        let err = crate::model::Vits::load(&w, &Device::Cpu);
+        assert!(matches!(err, Err(PiperError::MissingWeight(_))), "{err:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn no_graph_is_a_format_error() {
+        let err = OnnxWeights::parse(&ModelProto { graph: None }.encode_to_vec(), &Device::Cpu);
+        assert!(matches!(err, Err(PiperError::Format(_))));
+    }
+
+    #[test]
+    fn half_floats_decode() {
+        assert_eq!(half_to_f32(0x3c00), 1.0);
+        assert_eq!(half_to_f32(0xc000), -2.0);
+        assert_eq!(half_to_f32(0x3555), 0.333_251_95);
+        assert_eq!(half_to_f32(0x0001), 5.960_464_5e-8);
+        assert_eq!(half_to_f32(0x0000), 0.0);
+    }
+}
