@@ -209,3 +209,54 @@ fn the_model_and_recognizer_can_move_between_threads() {
     shared::<voxwire_whisper::WhisperModel>();
     movable::<Recognizer>();
 }
+
+/// The energy VAD against steady background noise: white noise 20 dB below
+/// the speech (RMS), from a fixed seed. The noise floor settles on the noise
+/// within a frame, so the pause still ends the first utterance and the noise
+/// alone opens none.
+#[test]
+fn endpointing_holds_in_steady_noise() {
+    let Some(model) = common::model() else { return };
+    let Some(first) = common::speak(FIRST) else {
+        return;
+    };
+    let Some(second) = common::speak(SECOND) else {
+        return;
+    };
+    let mut pcm = common::silence(1_000);
+    pcm.extend(&first);
+    pcm.extend(common::silence(1_500));
+    pcm.extend(&second);
+    pcm.extend(common::silence(1_000));
+    let speech_rms = {
+        let voiced: Vec<f32> = first.iter().chain(&second).copied().collect();
+        (voiced.iter().map(|s| s * s).sum::<f32>() / voiced.len() as f32).sqrt()
+    };
+    let noise_rms = speech_rms / 10.0;
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    for sample in &mut pcm {
+        // xorshift64: uniform in -1..1 has RMS 1/sqrt(3).
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let uniform = (state >> 11) as f32 / (1u64 << 53) as f32 * 2.0 - 1.0;
+        *sample += uniform * noise_rms * 3f32.sqrt();
+    }
+
+    let mut recognizer = Recognizer::new(model, EndpointConfig::default(), false);
+    let (streamed, after_end) = stream(&mut recognizer, &pcm);
+    common::validate(&streamed, &after_end, false);
+    let spoken: Vec<&RecognizerEvent> = streamed
+        .iter()
+        .chain(&after_end)
+        .filter(|e| e.is_final && !e.text.is_empty())
+        .collect();
+    assert_eq!(spoken.len(), 2, "{spoken:?}");
+    for (event, script) in spoken.iter().zip([FIRST, SECOND]) {
+        let wer = word_error_rate(script, &event.text);
+        eprintln!("in noise, WER {wer:.3}: {:?}", event.text);
+        assert!(wer <= WER_BOUND, "WER {wer:.3} for {:?}", event.text);
+    }
+    // The leading second of noise is not part of the first utterance.
+    assert!(spoken[0].start_ms >= 700, "{:?}", spoken[0]);
+}
