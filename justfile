@@ -1,0 +1,29 @@
+# voxwire tasks. `just --list` shows them. Models come from VOXWIRE_MODEL_DIR
+# (default: ../shared/models beside the checkout).
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+export VOXWIRE_MODEL_DIR := env_var_or_default("VOXWIRE_MODEL_DIR", justfile_directory() / ".." / "shared" / "models")
+
+# The whole test suite (real models included; CI=true makes a missing model fail).
+test:
+    cargo test --workspace
+
+# Formatting and lints as CI checks them.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# Start the stack on loopback (real voice, real Whisper) and make a round trip through the orchestrator.
+demo:
+    scripts/demo.sh
+
+# Check a running worker against the protocol: just conformance 127.0.0.1:50061 tts
+conformance TARGET KIND="tts":
+    cargo run --quiet -p voxwire-conformance -- {{KIND}} --target {{TARGET}}
+
+# Engine benchmarks: Piper real-time factor (1 and 2 threads) and Whisper WER / RTF / latency; JSON in target/bench/.
+bench:
+    RAYON_NUM_THREADS=1 cargo run --release -p voxwire-piper --example piper_rtf
+    RAYON_NUM_THREADS=2 cargo run --release -p voxwire-piper --example piper_rtf
+    cargo run --release -p voxwire-whisper --example stt_bench
