@@ -607,7 +607,7 @@ pub(crate) async fn text_limit(ctx: Ctx) -> CaseResult {
 }
 
 /// How long the first frame may take once a sentence is complete.
-const EARLY_WAIT: Duration = Duration::from_secs(10);
+const EARLY_WAIT: Duration = Duration::from_secs(5);
 
 pub(crate) async fn early_first_frame(ctx: Ctx) -> CaseResult {
     with_session(ctx, |ctx, session| async move {

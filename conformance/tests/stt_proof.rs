@@ -1,9 +1,7 @@
 //! Every STT check can fail: each fault of the faulty STT worker fails the
 //! cases the table in support/mod.rs names, and a conforming worker passes.
 //!
-//! The real stt-worker is being built; when it lands, proving it conforms is
-//! one test like `faulty_worker_without_a_fault_conforms` with its start-up
-//! in place of `faulty_stt::start(SttFault::None)`.
+//! Another real worker is one more test like `whisper_worker_conforms`.
 
 mod support;
 
@@ -24,6 +22,19 @@ async fn fails_its_cases(fault: SttFault) {
         voxwire_conformance::catalogue::find(id).is_some_and(|c| c.level == CaseLevel::Must)
     });
     assert_eq!(report.passed(), !must, "only a MUST failure fails the run");
+}
+
+/// Inputs per generated case against the real model: Whisper on a CPU takes
+/// a second or so per stream.
+const WHISPER_INPUTS: u32 = 2;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whisper_worker_conforms() {
+    let Some(worker) = support::whisper_stt_worker().await else {
+        return;
+    };
+    let report = support::run_suite_with(worker.addr, Service::Stt, &[], WHISPER_INPUTS).await;
+    assert_all_pass(&report, "the Whisper stt-worker", &[]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

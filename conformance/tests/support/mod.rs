@@ -141,9 +141,20 @@ pub const STT_FAULTS: &[(SttFault, &[&str])] = &[
 ];
 
 pub async fn run_suite(addr: SocketAddr, service: Service, cases: &[&str]) -> Report {
+    run_suite_with(addr, service, cases, CASES).await
+}
+
+/// Like [`run_suite`] with `inputs` generated inputs per property case: real
+/// models are slow, and the faults are what needs many inputs.
+pub async fn run_suite_with(
+    addr: SocketAddr,
+    service: Service,
+    cases: &[&str],
+    inputs: u32,
+) -> Report {
     let mut config = RunConfig::new(addr.to_string(), service);
     config.run = (!cases.is_empty()).then(|| Glob::new(&cases.join(",")));
-    config.cases = CASES;
+    config.cases = inputs;
     config.seed = SEED;
     runner::run(&config).await.expect("the suite runs")
 }
@@ -227,4 +238,25 @@ pub async fn tone_tts_worker() -> RealWorker {
     tokio::spawn(running.wait());
     wait_serving(addr, voxwire_proto::service_names::TTS).await;
     RealWorker { addr, _stop: stop }
+}
+
+/// The real stt-worker on Whisper tiny.en, or `None` (skipped, outside CI)
+/// when the model is not there.
+pub async fn whisper_stt_worker() -> Option<RealWorker> {
+    let model = voxwire_testkit::model_dir(voxwire_testkit::WHISPER_TINY_EN)?;
+    let args = voxwire_stt_worker::server::Args {
+        // The duration-limit case sends this much audio plus one second.
+        max_stream_seconds: 20,
+        ..voxwire_stt_worker::server::Args::for_tests(model)
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let running = voxwire_stt_worker::server::start(&args, async {
+        let _ = stopped.await;
+    })
+    .await
+    .expect("stt-worker starts");
+    let addr = running.addr;
+    tokio::spawn(running.wait());
+    wait_serving(addr, voxwire_proto::service_names::STT).await;
+    Some(RealWorker { addr, _stop: stop })
 }
