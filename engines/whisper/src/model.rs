@@ -97,12 +97,13 @@ pub enum AudioContext {
 }
 
 impl AudioContext {
-    /// Trimmed, but never under 10 s. Measured on 14 espeak-ng sentences
+    /// Trimmed, but never under 6 s. Measured on 14 espeak-ng sentences
     /// (stt_bench's scripts plus "Yes." and "Thank you very much."): WER 0.066
-    /// in 20 s of compute, against 0.112 in 44 s with the full context. With no
-    /// floor, one-word clips broke down ("Yes." became "S", a short phrase
-    /// came out three times), so the floor stays.
-    pub const DEFAULT: AudioContext = AudioContext::Trimmed { min_frames: 1000 };
+    /// with a 6, 8 or 10 s floor (13 s, 15 s, 18 s of compute), against 0.112
+    /// in 40 s with the full context. With no floor, one-word clips broke down
+    /// ("Yes." became "S", a short phrase came out three times), so a floor
+    /// stays.
+    pub const DEFAULT: AudioContext = AudioContext::Trimmed { min_frames: 600 };
 }
 
 impl Default for AudioContext {
