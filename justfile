@@ -7,7 +7,7 @@ export VOXWIRE_MODEL_DIR := env_var_or_default("VOXWIRE_MODEL_DIR", justfile_dir
 
 # The whole test suite (real models included; CI=true makes a missing model fail).
 test:
-    cargo test --workspace
+    cargo test --workspace --no-fail-fast
 
 # Formatting and lints as CI checks them.
 lint:
