@@ -123,12 +123,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let out_dir = target_dir().join("bench");
     std::fs::create_dir_all(&out_dir)?;
+    let out_dir = out_dir.canonicalize().unwrap_or(out_dir);
+    // Other processes' load skews the means on a shared machine; record it.
+    let load_average = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string));
     let report = serde_json::json!({
         "voice": voice.voice_id(),
         "cores": cores,
         "threads": threads,
         "rayon_num_threads_env": std::env::var("RAYON_NUM_THREADS").ok(),
         "repeats": REPEATS,
+        "load_average_1min": load_average,
         "scales": [scales.noise_scale, scales.length_scale, scales.noise_w],
         "load_seconds": load_s,
         "cases": per_case,
