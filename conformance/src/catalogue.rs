@@ -103,7 +103,7 @@ impl CaseDef {
 }
 
 macro_rules! case {
-    ($id:literal, $service:ident, $level:ident, $rule:expr, $summary:literal, $f:expr) => {
+    ($id:literal, $service:ident, $level:ident, $rule:expr, $summary:expr, $f:expr) => {
         CaseDef {
             id: $id,
             service: Service::$service,
@@ -122,7 +122,8 @@ macro_rules! tts_frame {
             Tts,
             Must,
             Some(Rule::$variant),
-            "Generated texts and chunkings: no frame breaks this rule (TtsStreamValidator).",
+            // The rule says it best; generated texts and chunkings exercise it.
+            Rule::$variant.summary(),
             |ctx| tts::frame_rule(ctx, Rule::$variant)
         )
     };
@@ -135,7 +136,7 @@ macro_rules! stt_event {
             Stt,
             $level,
             Some(Rule::$variant),
-            "Generated audio and chunkings: no transcript event breaks this rule (SttStreamValidator).",
+            Rule::$variant.summary(),
             |ctx| stt::event_rule(ctx, Rule::$variant)
         )
     };

@@ -213,3 +213,28 @@ async fn a_typo_in_the_known_failing_list_is_an_error() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("tts/health/chek"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spawned_worker_that_dies_is_reported_not_waited_for() {
+    let started = std::time::Instant::now();
+    let output = conformance(
+        args(&[
+            "tts",
+            "--target",
+            "127.0.0.1:9",
+            "--startup-timeout",
+            "60",
+            "--",
+            "false",
+        ]),
+        Vec::new(),
+    )
+    .await;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("exited before it was SERVING"), "{stderr}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "no wait for the deadline"
+    );
+}
