@@ -49,14 +49,19 @@ pub fn speak_stream(
     let (tx, rx) = mpsc::channel(32);
     tokio::spawn(async move {
         let _admitted = admitted;
-        let (frames_tx, mut frames_rx) = mpsc::channel(16);
+        let (frames_tx, frames_rx) = mpsc::channel(16);
         let turn = async {
             let frames_tx = frames_tx;
             app.tts_turn(&session, &text, &trace, &frames_tx).await
         };
-        let forward = async {
+        // Owns the receiver: when the client goes away the loop ends and the
+        // receiver is dropped with it, so the turn's next send fails and it
+        // stops (holding it here would block the turn, and the session, forever).
+        let client = tx.clone();
+        let forward = async move {
+            let mut frames_rx = frames_rx;
             while let Some(frame) = frames_rx.recv().await {
-                if tx.send(Ok(frame)).await.is_err() {
+                if client.send(Ok(frame)).await.is_err() {
                     break;
                 }
             }
@@ -92,7 +97,7 @@ pub fn recognize_stream(
         async move {
             let _admitted = admitted;
             let (requests_tx, mut requests_rx) = mpsc::channel(64);
-            let (events_tx, mut events_rx) = mpsc::channel(64);
+            let (events_tx, events_rx) = mpsc::channel(64);
             let reader = async move {
                 loop {
                     match input.message().await {
@@ -118,9 +123,12 @@ pub fn recognize_stream(
                     .recognize(config, &mut requests_rx, &trace, &events_tx)
                     .await
             };
-            let forward = async {
+            // Owns the receiver, for the same reason as in speak_stream.
+            let client = tx.clone();
+            let forward = async move {
+                let mut events_rx = events_rx;
                 while let Some(event) = events_rx.recv().await {
-                    if tx.send(Ok(event)).await.is_err() {
+                    if client.send(Ok(event)).await.is_err() {
                         break;
                     }
                 }

@@ -159,6 +159,18 @@ impl Pool {
             .await
     }
 
+    /// Like [`Pool::acquire`], for opening a session: a worker reporting
+    /// itself full is not skipped, so that it answers RESOURCE_EXHAUSTED at
+    /// once (TTS-CAPACITY) instead of the caller waiting for room.
+    pub async fn acquire_ignoring_load(
+        &self,
+        tried: &[String],
+        wait: Duration,
+    ) -> Result<Lease, NoWorker> {
+        self.wait_for(tried, wait, || self.try_acquire_with(None, tried, true))
+            .await
+    }
+
     /// A channel to some dispatchable endpoint, for calls that are not turns
     /// (ListModels, GetCapabilities...): not counted as load.
     pub async fn any_channel(&self, wait: Duration) -> Result<Channel, NoWorker> {
@@ -224,10 +236,25 @@ impl Pool {
     }
 
     fn try_acquire(&self, preferred: Option<&str>, tried: &[String]) -> Option<Lease> {
+        self.try_acquire_with(preferred, tried, false)
+    }
+
+    fn try_acquire_with(
+        &self,
+        preferred: Option<&str>,
+        tried: &[String],
+        ignore_load: bool,
+    ) -> Option<Lease> {
         let ready: Vec<Arc<Endpoint>> = self
             .endpoints()
             .into_iter()
-            .filter(|e| e.is_dispatchable())
+            .filter(|e| {
+                if ignore_load {
+                    e.accepts_bound_session()
+                } else {
+                    e.is_dispatchable()
+                }
+            })
             .collect();
         let untried: Vec<Arc<Endpoint>> = ready
             .iter()

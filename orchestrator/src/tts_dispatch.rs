@@ -186,7 +186,7 @@ impl TtsDispatcher {
             attempt += 1;
             let lease = self
                 .pool
-                .acquire(None, &tried, self.settings.ready_wait)
+                .acquire_ignoring_load(&tried, self.settings.ready_wait)
                 .await?;
             match self.bind(&lease, binding, trace).await {
                 Ok(_) => return Ok(()),

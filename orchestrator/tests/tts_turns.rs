@@ -505,3 +505,46 @@ async fn stream_ending_without_final_is_a_violation() {
         1
     );
 }
+
+#[tokio::test]
+async fn cancelled_relay_call_frees_the_session_for_the_next() {
+    let worker = tone_worker(WorkerArgs::tone_for_tests()).await;
+    let orch = orchestrator(tts_args(&[worker.address()])).await;
+    orch.wait_ready().await;
+    let mut tts = TtsServiceClient::new(orch.channel.clone());
+    tts.start_session(StartSessionRequest {
+        session_id: "cancel".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("session");
+    let chunk = |text: String| TextChunk {
+        session_id: "cancel".into(),
+        text,
+        is_final: true,
+        sequence_number: 1,
+    };
+    let mut stream = tts
+        .synthesize(tokio_stream::iter(vec![chunk(
+            "Words to fill. ".repeat(1300),
+        )]))
+        .await
+        .expect("synthesize")
+        .into_inner();
+    stream.next().await.expect("frame").expect("ok");
+    drop(stream);
+    let next = tokio::time::timeout(WAIT, async {
+        let mut stream = tts
+            .synthesize(tokio_stream::iter(vec![chunk("The next request.".into())]))
+            .await
+            .expect("synthesize")
+            .into_inner();
+        let mut validator = TtsStreamValidator::new("cancel");
+        while let Some(frame) = stream.next().await {
+            validator.observe(&frame.expect("frame")).expect("valid");
+        }
+        validator.finish()
+    })
+    .await;
+    assert!(matches!(next, Ok(Ok(()))), "{next:?}");
+}
