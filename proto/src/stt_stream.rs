@@ -110,7 +110,7 @@ impl SttRequestValidator {
             )),
             (Some(recognize_request::Request::Audio(chunk)), Some(rate)) => {
                 let len = chunk.audio_data.len();
-                if len % SAMPLE_BYTES != 0 {
+                if !len.is_multiple_of(SAMPLE_BYTES) {
                     return Err(Violation::new(
                         Rule::SttAudioOddBytes,
                         format!("an audio chunk of {len} bytes splits a 16-bit sample"),

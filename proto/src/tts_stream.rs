@@ -69,7 +69,7 @@ fn check_size(frame: &AudioFrame, format: FrameFormat) -> Result<(), Violation> 
     let len = frame.audio_data.len();
     let full = format.frame_bytes();
     let ok = if frame.is_final {
-        len % SAMPLE_BYTES == 0 && len <= full
+        len.is_multiple_of(SAMPLE_BYTES) && len <= full
     } else {
         len == full
     };

@@ -481,7 +481,7 @@ impl SttMutation {
             }
             SttMutation::BadOffsets => {
                 let i = at % events.len();
-                if at % 2 == 0 {
+                if at.is_multiple_of(2) {
                     events[i].start_ms = -1;
                 } else {
                     events[i].start_ms = events[i].end_ms + 1;

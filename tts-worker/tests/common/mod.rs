@@ -81,7 +81,7 @@ impl Fixture {
 }
 
 pub fn code<T: std::fmt::Debug>(result: Result<T, tonic::Status>) -> Code {
-    result.unwrap_err().code()
+    result.expect_err("the call should fail").code()
 }
 
 pub fn chunk(session: &str, text: &str, is_final: bool, seq: i64) -> TextChunk {
