@@ -31,12 +31,12 @@ enum Terminator {
 impl Terminator {
     fn from_char(c: char) -> Option<Self> {
         Some(match c {
-            '.' | '…' => Self::Period,
-            '?' => Self::Question,
-            '!' => Self::Exclamation,
-            ',' => Self::Comma,
-            ':' => Self::Colon,
-            ';' => Self::Semicolon,
+            '.' | '…' | '。' => Self::Period,
+            '?' | '？' | '؟' => Self::Question,
+            '!' | '！' => Self::Exclamation,
+            ',' | '，' | '、' | '،' => Self::Comma,
+            ':' | '：' => Self::Colon,
+            ';' | '；' => Self::Semicolon,
             _ => return None,
         })
     }
@@ -95,7 +95,12 @@ fn clauses(text: &str) -> Vec<Clause<'_>> {
             j += 1;
         }
         let next = chars.get(j + 1).map(|&(_, c)| c);
-        let at_boundary = next.is_none_or(char::is_whitespace);
+        // Full-width (CJK) marks end a clause even without a following
+        // space, as in espeak-ng.
+        let full_width = chars[i..=j].iter().any(|&(_, c)| {
+            ('\u{3000}'..='\u{303f}').contains(&c) || ('\u{ff00}'..='\u{ffef}').contains(&c)
+        });
+        let at_boundary = full_width || next.is_none_or(char::is_whitespace);
         let last_mark = chars[i..=j]
             .iter()
             .rev()
@@ -258,6 +263,14 @@ mod tests {
             ]
         );
         assert_eq!(split("no end"), vec![("no end", Terminator::None)]);
+        assert_eq!(
+            split("你好，世界。再见"),
+            vec![
+                ("你好，", Terminator::Comma),
+                ("世界。", Terminator::Period),
+                ("再见", Terminator::None),
+            ]
+        );
         assert_eq!(
             split("Wait?! Yes; fine"),
             vec![
