@@ -11,7 +11,7 @@ use tracing::Instrument;
 use voxwire_proto::session::validate_session_id;
 use voxwire_proto::stt::{recognize_request, RecognizeRequest, TranscriptEvent};
 use voxwire_proto::stt_stream::{SttLimits, SttRequestValidator};
-use voxwire_proto::tts::AudioFrame;
+use voxwire_proto::tts::{AudioFrame, TextChunk};
 use voxwire_proto::voxwire::v1::registry_server::Registry;
 use voxwire_proto::voxwire::v1::voxwire_server::Voxwire;
 use voxwire_proto::voxwire::v1::{
@@ -23,6 +23,7 @@ use crate::app::Orchestrator;
 use crate::converse;
 use crate::sessions::{new_session_id, ClientSession};
 use crate::trace::TraceContext;
+use crate::tts_dispatch::TextFeed;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -37,12 +38,22 @@ impl VoxwireApi {
     }
 }
 
+/// The text of a turn: whole (Speak), or a relayed Synthesize's first chunk
+/// and the rest as the client sends it.
+pub enum TextSource {
+    Whole(String),
+    Streaming {
+        first: TextChunk,
+        rest: mpsc::Receiver<Result<TextChunk, Status>>,
+    },
+}
+
 /// Streams one TTS turn of `session` to the client; the turn's error, if
 /// any, ends the stream after the frames already sent.
 pub fn speak_stream(
     app: Arc<Orchestrator>,
     session: Arc<ClientSession>,
-    text: String,
+    source: TextSource,
     trace: TraceContext,
 ) -> Result<ReceiverStream<Result<AudioFrame, Status>>, Status> {
     let admitted = app.admit()?;
@@ -52,7 +63,16 @@ pub fn speak_stream(
         let (frames_tx, frames_rx) = mpsc::channel(16);
         let turn = async {
             let frames_tx = frames_tx;
-            app.tts_turn(&session, &text, &trace, &frames_tx).await
+            match source {
+                TextSource::Whole(text) => {
+                    let mut feed = TextFeed::whole(&session.id, &text);
+                    app.tts_turn(&session, &mut feed, &trace, &frames_tx).await
+                }
+                TextSource::Streaming { first, mut rest } => {
+                    let mut feed = TextFeed::streaming(first, &mut rest);
+                    app.tts_turn(&session, &mut feed, &trace, &frames_tx).await
+                }
+            }
         };
         // Owns the receiver: when the client goes away the loop ends and the
         // receiver is dropped with it, so the turn's next send fails and it
@@ -187,7 +207,12 @@ impl Voxwire for VoxwireApi {
             .app
             .sessions
             .get_or_create(&id, &request.model_id, request.options);
-        let stream = speak_stream(Arc::clone(&self.app), session, request.text, trace)?;
+        let stream = speak_stream(
+            Arc::clone(&self.app),
+            session,
+            TextSource::Whole(request.text),
+            trace,
+        )?;
         Ok(Response::new(stream))
     }
 

@@ -18,7 +18,7 @@ use crate::pool::Pool;
 use crate::sessions::{ClientSession, Sessions};
 use crate::stt_dispatch::SttDispatcher;
 use crate::trace::TraceContext;
-use crate::tts_dispatch::{TtsDispatcher, TurnStats};
+use crate::tts_dispatch::{TextFeed, TtsDispatcher, TurnStats};
 
 pub struct Orchestrator {
     pub settings: Settings,
@@ -86,7 +86,7 @@ impl Orchestrator {
     pub async fn tts_turn(
         &self,
         session: &ClientSession,
-        text: &str,
+        feed: &mut TextFeed<'_>,
         trace: &TraceContext,
         out: &mpsc::Sender<AudioFrame>,
     ) -> Result<TurnStats, Status> {
@@ -97,7 +97,7 @@ impl Orchestrator {
         let span = tracing::info_span!(parent: &session_span, "turn", trace_id = %trace.trace_id);
         let result = self
             .tts
-            .speak(&mut binding, text, trace, out)
+            .speak_feed(&mut binding, feed, trace, out)
             .instrument(span)
             .await;
         session.transition(SessionState::Listening);

@@ -17,7 +17,7 @@ use voxwire_proto::tts::tts_service_server::TtsService;
 use voxwire_proto::tts::*;
 use voxwire_proto::tts_stream::{check_chunk_session, Framer};
 
-use crate::api::{first_request, recognize_stream, speak_stream};
+use crate::api::{first_request, recognize_stream, speak_stream, TextSource};
 use crate::app::Orchestrator;
 use crate::pool::Pool;
 use crate::trace::TraceContext;
@@ -121,20 +121,31 @@ impl TtsService for TtsRelay {
             .sessions
             .get(&first.session_id)
             .ok_or_else(|| Self::unknown(&first.session_id))?;
-        // Existing workers start at the end of input: gather it, then speak.
-        let mut text = first.text.clone();
-        let mut last_final = first.is_final;
-        while !last_final {
-            match input.message().await? {
-                Some(chunk) => {
-                    check_chunk_session(Some(&first.session_id), &chunk)?;
-                    text.push_str(&chunk.text);
-                    last_final = chunk.is_final;
+        // The rest of the text goes to the worker as it arrives: a worker
+        // that starts early answers early (TTS-STREAM-EARLY), one that starts
+        // at the end of input gets the same chunks.
+        let session_id = first.session_id.clone();
+        let (rest_tx, rest) = tokio::sync::mpsc::channel(16);
+        if !first.is_final {
+            tokio::spawn(async move {
+                loop {
+                    let item = match input.message().await {
+                        Ok(Some(chunk)) => check_chunk_session(Some(&session_id), &chunk)
+                            .map(|()| chunk)
+                            .map_err(|violation| violation.to_status()),
+                        // Half-close: the end of input.
+                        Ok(None) => return,
+                        Err(status) => Err(Status::cancelled(format!("client stream: {status}"))),
+                    };
+                    let last = item.as_ref().map_or(true, |chunk| chunk.is_final);
+                    if rest_tx.send(item).await.is_err() || last {
+                        return;
+                    }
                 }
-                None => break,
-            }
+            });
         }
-        let stream = speak_stream(Arc::clone(&self.app), session, text, trace)?;
+        let source = TextSource::Streaming { first, rest };
+        let stream = speak_stream(Arc::clone(&self.app), session, source, trace)?;
         Ok(Response::new(stream))
     }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Code, Request, Status};
 use tracing::Instrument;
 use voxwire_proto::tts::tts_service_client::TtsServiceClient;
@@ -44,6 +45,72 @@ pub struct TurnStats {
     pub endpoint: String,
     pub attempts: u32,
     pub frames: u64,
+}
+
+/// The text of one turn: the chunks received so far (replayed on a retry)
+/// and, for a relayed Synthesize, the rest still arriving from the client.
+pub struct TextFeed<'a> {
+    sent: Vec<TextChunk>,
+    rest: Option<&'a mut mpsc::Receiver<Result<TextChunk, Status>>>,
+    /// The client broke the stream (e.g. TTS-CHUNK-SESSION).
+    error: Option<Status>,
+}
+
+impl<'a> TextFeed<'a> {
+    /// A whole text: one chunk with is_final.
+    pub fn whole(session_id: &str, text: &str) -> TextFeed<'static> {
+        TextFeed {
+            sent: vec![TextChunk {
+                session_id: session_id.to_string(),
+                text: text.to_string(),
+                is_final: true,
+                sequence_number: 1,
+            }],
+            rest: None,
+            error: None,
+        }
+    }
+
+    /// `first`, then whatever arrives on `rest` until a chunk with is_final
+    /// or the end of `rest` (the client's half-close).
+    pub fn streaming(
+        first: TextChunk,
+        rest: &'a mut mpsc::Receiver<Result<TextChunk, Status>>,
+    ) -> TextFeed<'a> {
+        let complete = first.is_final;
+        TextFeed {
+            sent: vec![first],
+            rest: (!complete).then_some(rest),
+            error: None,
+        }
+    }
+
+    fn complete(&self) -> bool {
+        self.rest.is_none()
+    }
+
+    /// The next chunk from the client; `None` once the input is complete.
+    async fn next(&mut self) -> Option<TextChunk> {
+        let rest = self.rest.as_mut()?;
+        match rest.recv().await {
+            Some(Ok(chunk)) => {
+                if chunk.is_final {
+                    self.rest = None;
+                }
+                self.sent.push(chunk.clone());
+                Some(chunk)
+            }
+            Some(Err(status)) => {
+                self.rest = None;
+                self.error = Some(status);
+                None
+            }
+            None => {
+                self.rest = None;
+                None
+            }
+        }
+    }
 }
 
 /// Why one attempt failed, and whether the client already saw output.
@@ -90,6 +157,20 @@ impl TtsDispatcher {
         trace: &TraceContext,
         out: &mpsc::Sender<AudioFrame>,
     ) -> Result<TurnStats, Status> {
+        let mut feed = TextFeed::whole(&binding.session_id, text);
+        self.speak_feed(binding, &mut feed, trace, out).await
+    }
+
+    /// Like [`TtsDispatcher::speak`] with text that may still be arriving:
+    /// chunks go to the worker as they come (a worker that starts early
+    /// answers early), and a retry replays the ones sent.
+    pub async fn speak_feed(
+        &self,
+        binding: &mut TtsBinding,
+        feed: &mut TextFeed<'_>,
+        trace: &TraceContext,
+        out: &mpsc::Sender<AudioFrame>,
+    ) -> Result<TurnStats, Status> {
         let started = Instant::now();
         let mut tried: Vec<String> = Vec::new();
         let mut attempt = 0u32;
@@ -110,7 +191,7 @@ impl TtsDispatcher {
             let address = lease.endpoint.address.clone();
             let span = tracing::info_span!("dispatch", endpoint = %address, attempt);
             match self
-                .attempt(&lease, binding, text, trace, out, started)
+                .attempt(&lease, binding, feed, trace, out, started)
                 .instrument(span)
                 .await
             {
@@ -128,8 +209,11 @@ impl TtsDispatcher {
                         && self.settings.retry.allows_after(attempt);
                     tracing::warn!(endpoint = %address, attempt, status = %error.status, retry, "TTS attempt failed");
                     if !retry {
-                        let status = if error.forwarded > 0 && error.status.code() != Code::Internal
-                        {
+                        let status = if error.forwarded > 0
+                            && !matches!(
+                                error.status.code(),
+                                Code::Internal | Code::InvalidArgument
+                            ) {
                             // A transport failure mid-stream (h2 reset, connection
                             // lost) surfaces as UNKNOWN; it means the worker went away.
                             let code = match error.status.code() {
@@ -271,7 +355,7 @@ impl TtsDispatcher {
         &self,
         lease: &Lease,
         binding: &mut TtsBinding,
-        text: &str,
+        feed: &mut TextFeed<'_>,
         trace: &TraceContext,
         out: &mpsc::Sender<AudioFrame>,
         started: Instant,
@@ -279,7 +363,7 @@ impl TtsDispatcher {
         let fresh = self.bind(lease, binding, trace).await?;
         let address = &lease.endpoint.address;
         let session_id = binding.session_id.clone();
-        let mut frames = match self.open_synthesize(lease, &session_id, text, trace).await {
+        let (mut frames, mut input) = match self.open_synthesize(lease, feed, trace).await {
             Err(status) if status.code() == Code::NotFound && !fresh => {
                 // The worker forgot a session opened earlier (idle reaping, a
                 // restart): open it there again, once. Not a retry of a call
@@ -287,8 +371,7 @@ impl TtsDispatcher {
                 tracing::info!(endpoint = %address, session = %session_id, "re-opening session");
                 binding.set_endpoint(None);
                 self.bind(lease, binding, trace).await?;
-                self.open_synthesize(lease, &session_id, text, trace)
-                    .await?
+                self.open_synthesize(lease, feed, trace).await?
             }
             other => other?,
         };
@@ -296,13 +379,25 @@ impl TtsDispatcher {
         let mut forwarded = 0u64;
         let mut last_audio: Option<Instant> = None;
         loop {
-            let wait = if forwarded == 0 {
-                self.settings.first_frame_timeout
-            } else {
-                self.settings.frame_timeout
-            };
             let fail = |status: Status| AttemptError { status, forwarded };
-            let next = match tokio::time::timeout(wait, frames.message()).await {
+            // Frame deadlines run once the input is complete: until then the
+            // worker may rightly be waiting for more text.
+            let wait = match (feed.complete(), forwarded) {
+                (false, _) => self.settings.stream_timeout,
+                (true, 0) => self.settings.first_frame_timeout,
+                (true, _) => self.settings.frame_timeout,
+            };
+            let next = tokio::select! {
+                next = tokio::time::timeout(wait, frames.message()) => next,
+                chunk = feed.next(), if !feed.complete() => {
+                    if let Some(status) = feed.error.take() {
+                        return Err(fail(status));
+                    }
+                    forward_text(&mut input, chunk, feed.complete());
+                    continue;
+                }
+            };
+            let next = match next {
                 Ok(next) => next,
                 Err(_) => {
                     return Err(fail(Status::deadline_exceeded(format!(
@@ -356,36 +451,57 @@ impl TtsDispatcher {
         }
     }
 
-    /// Starts one Synthesize call: one chunk with is_final, then half-close
-    /// (the existing workers only start synthesizing at the end of input).
+    /// Starts one Synthesize call: the chunks received so far, then the
+    /// rest as they arrive, half-closing at the end of input. Returns the
+    /// frames and the input still open. Existing workers answer only after
+    /// the end of input, so the call is opened while feeding it, and its
+    /// deadline runs from the end of input.
     async fn open_synthesize(
         &self,
         lease: &Lease,
-        session_id: &str,
-        text: &str,
+        feed: &mut TextFeed<'_>,
         trace: &TraceContext,
-    ) -> Result<tonic::Streaming<AudioFrame>, Status> {
-        let chunk = TextChunk {
-            session_id: session_id.to_string(),
-            text: text.to_string(),
-            is_final: true,
-            sequence_number: 1,
-        };
-        let mut request = Request::new(tokio_stream::iter(vec![chunk]));
+    ) -> Result<
+        (
+            tonic::Streaming<AudioFrame>,
+            Option<mpsc::UnboundedSender<TextChunk>>,
+        ),
+        Status,
+    > {
+        let (tx, rx) = mpsc::unbounded_channel();
+        for chunk in &feed.sent {
+            // The receiver is ours until the call takes it: this cannot fail.
+            let _ = tx.send(chunk.clone());
+        }
+        let mut input = (!feed.complete()).then_some(tx);
+        let mut request = Request::new(UnboundedReceiverStream::new(rx));
         request.set_timeout(self.settings.stream_timeout);
         trace.inject(request.metadata_mut());
         let mut client = TtsServiceClient::new(lease.channel.clone());
-        match tokio::time::timeout(
-            self.settings.first_frame_timeout,
-            client.synthesize(request),
-        )
-        .await
-        {
-            Ok(response) => Ok(response?.into_inner()),
-            Err(_) => Err(Status::deadline_exceeded(format!(
-                "worker {} did not answer Synthesize in time",
-                lease.endpoint.address
-            ))),
+        let call = client.synthesize(request);
+        tokio::pin!(call);
+        let mut deadline = feed
+            .complete()
+            .then(|| tokio::time::Instant::now() + self.settings.first_frame_timeout);
+        loop {
+            tokio::select! {
+                response = &mut call => return Ok((response?.into_inner(), input)),
+                chunk = feed.next(), if !feed.complete() => {
+                    if let Some(status) = feed.error.take() {
+                        return Err(status);
+                    }
+                    forward_text(&mut input, chunk, feed.complete());
+                    if feed.complete() {
+                        deadline = Some(tokio::time::Instant::now() + self.settings.first_frame_timeout);
+                    }
+                }
+                () = sleep_until_some(deadline) => {
+                    return Err(Status::deadline_exceeded(format!(
+                        "worker {} did not answer Synthesize in time",
+                        lease.endpoint.address
+                    )))
+                }
+            }
         }
     }
 
@@ -394,5 +510,28 @@ impl TtsDispatcher {
             .inc(metrics::VIOLATIONS, &[("rule", violation.rule.id())]);
         tracing::error!(endpoint = %address, rule = violation.rule.id(), %violation, "worker broke the protocol");
         Status::internal(format!("worker {address} broke the protocol: {violation}"))
+    }
+}
+
+/// Passes a client's chunk on to the worker; at the end of input, drops the
+/// sender, which half-closes the worker's request stream.
+fn forward_text(
+    input: &mut Option<mpsc::UnboundedSender<TextChunk>>,
+    chunk: Option<TextChunk>,
+    complete: bool,
+) {
+    if let (Some(tx), Some(chunk)) = (input.as_ref(), chunk) {
+        // A closed stream means the call ended; reading its frames says why.
+        let _ = tx.send(chunk);
+    }
+    if complete {
+        *input = None;
+    }
+}
+
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }

@@ -548,3 +548,70 @@ async fn cancelled_relay_call_frees_the_session_for_the_next() {
     .await;
     assert!(matches!(next, Ok(Ok(()))), "{next:?}");
 }
+
+#[tokio::test]
+async fn relayed_synthesize_streams_text_so_audio_starts_early() {
+    let worker = tone_worker(WorkerArgs::tone_for_tests()).await;
+    let orch = orchestrator(tts_args(&[worker.address()])).await;
+    orch.wait_ready().await;
+    let mut tts = TtsServiceClient::new(orch.channel.clone());
+    tts.start_session(StartSessionRequest {
+        session_id: "early".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("session");
+    let (chunks, rx) = tokio::sync::mpsc::channel(4);
+    let chunk = |text: &str, is_final: bool, seq: i64| TextChunk {
+        session_id: "early".into(),
+        text: text.into(),
+        is_final,
+        sequence_number: seq,
+    };
+    chunks
+        .send(chunk("The first sentence is complete. ", false, 1))
+        .await
+        .expect("send");
+    let mut stream = tts
+        .synthesize(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("synthesize")
+        .into_inner();
+    let mut validator = TtsStreamValidator::new("early");
+    // Input still open: the first frame comes anyway.
+    let first = tokio::time::timeout(WAIT, stream.next())
+        .await
+        .expect("a frame before the end of input")
+        .expect("frame")
+        .expect("ok");
+    validator.observe(&first).expect("valid");
+    chunks
+        .send(chunk("And the second.", true, 2))
+        .await
+        .expect("send");
+    while let Some(frame) = stream.next().await {
+        validator.observe(&frame.expect("frame")).expect("valid");
+    }
+    validator.finish().expect("final frame");
+
+    // A chunk naming another session is refused with its rule.
+    let (chunks, rx) = tokio::sync::mpsc::channel(4);
+    chunks.send(chunk("Hello. ", false, 1)).await.expect("send");
+    let mut other = chunk("Intruder.", true, 2);
+    other.session_id = "someone-else".into();
+    chunks.send(other).await.expect("send");
+    let mut stream = tts
+        .synthesize(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("synthesize")
+        .into_inner();
+    let mut error = None;
+    while let Some(item) = stream.next().await {
+        if let Err(status) = item {
+            error = Some(status);
+        }
+    }
+    let error = error.expect("refused");
+    assert_eq!(error.code(), Code::InvalidArgument, "{error:?}");
+    assert!(error.message().contains("TTS-CHUNK-SESSION"), "{error:?}");
+}
