@@ -217,6 +217,10 @@ static CATALOGUE: &[CaseDef] = &[
     case!("tts/info/models", Tts, Info, None,
         "ListModels and GetCapabilities answer; the models and limits are reported.",
         tts::info_models),
+    // Last: it ends the worker.
+    case!("tts/health/drain", Tts, Should, Some(Rule::HealthDrain),
+        "On drain (SIGTERM): NOT_SERVING on Watch, StartSession UNAVAILABLE, the call in flight finishes. Only when the suite started the worker.",
+        tts::health_drain),
     // STT: health.
     case!("stt/health/check", Stt, Must, Some(Rule::HealthServices),
         "grpc.health.v1 Check answers SERVING for \"\" and for stt.STTService.",
@@ -273,6 +277,10 @@ static CATALOGUE: &[CaseDef] = &[
     case!("stt/info/capabilities", Stt, Info, None,
         "GetCapabilities answers; sample rates, languages and limits are reported.",
         stt::info_capabilities),
+    // Last: it ends the worker.
+    case!("stt/health/drain", Stt, Should, Some(Rule::HealthDrain),
+        "On drain (SIGTERM): NOT_SERVING on Watch, Recognize UNAVAILABLE, the stream in flight finishes. Only when the suite started the worker.",
+        stt::health_drain),
 ];
 
 /// Every case, TTS first, in a stable order.
@@ -292,7 +300,6 @@ pub const UNCHECKED_RULES: &[(Rule, &str)] = &[
         Rule::HealthReady,
         "needs the worker watched from before its model loads",
     ),
-    (Rule::HealthDrain, "needs the worker sent SIGTERM"),
     (Rule::HealthGate, "needs the worker in a NOT_SERVING state"),
 ];
 

@@ -151,6 +151,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         if readiness == Readiness::NoHealthService {
             eprintln!("conformance: the worker has no health service; running anyway");
         }
+        config.drain = worker.drain_trigger();
         Some(worker)
     };
     eprintln!(

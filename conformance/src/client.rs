@@ -18,6 +18,7 @@ use voxwire_proto::tts::{EndSessionRequest, StartSessionRequest};
 
 use crate::catalogue::Service;
 use crate::outcome::{ensure, pass, pass_with, CaseResult, Failure};
+use crate::runner::DrainTrigger;
 
 /// A call that should answer at once (unary calls, status codes, health).
 pub(crate) const PROMPT: Duration = Duration::from_secs(5);
@@ -58,10 +59,17 @@ struct Inner {
     cases: u32,
     nonce: String,
     next_id: AtomicU64,
+    drain: Option<DrainTrigger>,
 }
 
 impl Ctx {
-    pub(crate) fn new(channel: Channel, case_id: &'static str, seed: u64, cases: u32) -> Ctx {
+    pub(crate) fn new(
+        channel: Channel,
+        case_id: &'static str,
+        seed: u64,
+        cases: u32,
+        drain: Option<DrainTrigger>,
+    ) -> Ctx {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
@@ -73,6 +81,7 @@ impl Ctx {
                 cases,
                 nonce: format!("{:x}{:x}", std::process::id(), nanos),
                 next_id: AtomicU64::new(1),
+                drain,
             }),
         }
     }
@@ -95,6 +104,10 @@ impl Ctx {
         let n = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let tail = self.inner.case_id.rsplit('/').next().unwrap_or("case");
         format!("conf-{}-{tail}-{n}", self.inner.nonce)
+    }
+
+    pub(crate) fn drain_trigger(&self) -> Option<&DrainTrigger> {
+        self.inner.drain.as_ref()
     }
 
     pub(crate) fn tts(&self) -> TtsServiceClient<Channel> {
@@ -362,3 +375,53 @@ pub(crate) async fn caps_metrics(ctx: Ctx, service: Service) -> CaseResult {
     }
     pass()
 }
+
+/// How long a drained worker may take to say NOT_SERVING.
+const DRAIN_NOTICE: Duration = Duration::from_secs(5);
+
+/// Opens a Watch on the service (it must say SERVING first), runs `busy` to
+/// put work in flight, fires the drain, and waits for NOT_SERVING. Returns
+/// what `busy` returned. `None`: there is no drain trigger.
+pub(crate) async fn drain_to_not_serving<T>(
+    ctx: &Ctx,
+    service: Service,
+    busy: impl std::future::Future<Output = Result<T, Failure>>,
+) -> Result<Option<T>, Failure> {
+    let Some(trigger) = ctx.drain_trigger() else {
+        return Ok(None);
+    };
+    let expected = "NOT_SERVING on the Watch stream once draining";
+    let mut watch = prompt(
+        "health Watch",
+        ctx.health().watch(HealthCheckRequest {
+            service: service.grpc_name().to_string(),
+        }),
+    )
+    .await?
+    .map_err(|status| Failure::new(expected, status_text(&status)))?;
+    let in_flight = busy.await?;
+    trigger.fire();
+    let changed = tokio::time::timeout(DRAIN_NOTICE, async {
+        while let Some(update) = watch.next().await {
+            match update {
+                Ok(u) if u.status == ServingStatus::NotServing as i32 => return Ok(()),
+                Ok(_) => {}
+                Err(status) => return Err(status_text(&status)),
+            }
+        }
+        Err("the Watch stream ended without NOT_SERVING".to_string())
+    })
+    .await;
+    match changed {
+        Ok(Ok(())) => Ok(Some(in_flight)),
+        Ok(Err(actual)) => Err(Failure::new(expected, actual)),
+        Err(_) => Err(Failure::new(
+            expected,
+            format!("still no NOT_SERVING {DRAIN_NOTICE:?} after the drain began"),
+        )),
+    }
+}
+
+/// Skip reason for the drain cases when the suite did not start the worker.
+pub(crate) const NO_DRAIN: &str =
+    "needs the worker started by the suite (conformance tts|stt --target ADDR -- CMD): it is drained at the end";

@@ -1,6 +1,7 @@
 //! Runs the selected cases against one target and gathers a [`Report`].
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -24,6 +25,27 @@ pub enum RunError {
     UnknownCase { line: usize, id: String },
 }
 
+/// Starts the target's drain, as SIGTERM does. Only a suite that started the
+/// worker itself can offer one; the drain cases skip without it.
+#[derive(Clone)]
+pub struct DrainTrigger(Arc<dyn Fn() + Send + Sync>);
+
+impl DrainTrigger {
+    pub fn new(trigger: impl Fn() + Send + Sync + 'static) -> DrainTrigger {
+        DrainTrigger(Arc::new(trigger))
+    }
+
+    pub fn fire(&self) {
+        (self.0)();
+    }
+}
+
+impl std::fmt::Debug for DrainTrigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DrainTrigger")
+    }
+}
+
 /// What to run, against what.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
@@ -37,6 +59,8 @@ pub struct RunConfig {
     pub seed: u64,
     /// Case ids that may fail without failing the run.
     pub known_failing: BTreeSet<String>,
+    /// Drains the target; the drain cases run last and need it.
+    pub drain: Option<DrainTrigger>,
 }
 
 impl RunConfig {
@@ -49,6 +73,7 @@ impl RunConfig {
             cases: 8,
             seed: 0,
             known_failing: BTreeSet::new(),
+            drain: None,
         }
     }
 
@@ -182,7 +207,13 @@ pub async fn run(config: &RunConfig) -> Result<Report, RunError> {
     })?;
     let mut results = Vec::new();
     for case in config.selected() {
-        let ctx = Ctx::new(channel.clone(), case.id, config.seed, config.cases);
+        let ctx = Ctx::new(
+            channel.clone(),
+            case.id,
+            config.seed,
+            config.cases,
+            config.drain.clone(),
+        );
         let started = Instant::now();
         let task = tokio::spawn((case.run)(ctx));
         let outcome = match tokio::time::timeout(CASE_DEADLINE, task).await {

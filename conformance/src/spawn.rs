@@ -92,7 +92,20 @@ pub async fn spawn(
     }
 }
 
+fn sigterm(pid: u32) {
+    // kill(1): the crate forbids the unsafe a direct libc call would need.
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+}
+
 impl SpawnedWorker {
+    /// SIGTERM on demand: the drain cases run it last.
+    pub fn drain_trigger(&self) -> Option<crate::runner::DrainTrigger> {
+        let pid = self.child.id()?;
+        Some(crate::runner::DrainTrigger::new(move || sigterm(pid)))
+    }
+
     async fn wait_serving(
         &mut self,
         target: &str,
@@ -152,12 +165,7 @@ impl SpawnedWorker {
     /// exited within the grace period.
     pub async fn stop(mut self) {
         if let Some(pid) = self.child.id() {
-            // SIGTERM through kill(1): the crate forbids the unsafe a direct
-            // libc call would need.
-            let _ = Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status()
-                .await;
+            tokio::task::spawn_blocking(move || sigterm(pid)).await.ok();
         }
         if tokio::time::timeout(STOP_GRACE, self.child.wait())
             .await

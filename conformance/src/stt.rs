@@ -661,3 +661,63 @@ pub(crate) async fn info_capabilities(ctx: Ctx) -> CaseResult {
         keys.join(" ")
     ))
 }
+
+/// HEALTH-DRAIN, last of the STT cases: it ends the worker.
+pub(crate) async fn health_drain(ctx: Ctx) -> CaseResult {
+    let session = ctx.session_id();
+    let (tx, rx) = mpsc::channel(4);
+    let busy = async {
+        let _ = tx.send(config_request(&session, 16_000, false)).await;
+        let _ = tx.send(audio_request(silence(16_000, 200), false)).await;
+        let opened = tokio::time::timeout(
+            PROMPT,
+            ctx.stt()
+                .recognize(tokio_stream::wrappers::ReceiverStream::new(rx)),
+        )
+        .await
+        .map_err(|_| Failure::new("a stream to open", "no response headers within 5 s"))?
+        .map_err(|s| Failure::new("a stream to open", status_text(&s)))?;
+        Ok(opened.into_inner())
+    };
+    let Some(mut held) = crate::client::drain_to_not_serving(&ctx, Service::Stt, busy).await?
+    else {
+        return skip(crate::client::NO_DRAIN);
+    };
+    let late = ctx.session_id();
+    expect_status(
+        &ctx,
+        "a Recognize started while draining",
+        vec![
+            config_request(&late, 16_000, false),
+            audio_request(silence(16_000, 100), true),
+        ],
+        Code::Unavailable,
+    )
+    .await?;
+    // The stream in flight finishes: its end of audio gets its final.
+    let _ = tx.send(audio_request(Vec::new(), true)).await;
+    drop(tx);
+    let mut validator = SttStreamValidator::new(&session, false);
+    validator.end_of_audio();
+    loop {
+        match tokio::time::timeout(CALL_DEADLINE, held.next()).await {
+            Ok(Some(Ok(event))) => {
+                validator
+                    .observe(&event)
+                    .map_err(|v| Failure::violation(&v, Vec::new(), None))?;
+            }
+            Ok(None) => break,
+            Ok(Some(Err(status))) => {
+                return Err(Failure::new(
+                    "the stream in flight when the drain began to finish OK",
+                    status_text(&status),
+                ))
+            }
+            Err(_) => return Err(Failure::new("the stream in flight to finish", "it hangs")),
+        }
+    }
+    validator
+        .finish()
+        .map_err(|v| Failure::violation(&v, Vec::new(), None))?;
+    pass()
+}

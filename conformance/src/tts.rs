@@ -969,6 +969,38 @@ pub(crate) async fn info_models(ctx: Ctx) -> CaseResult {
     ))
 }
 
+/// HEALTH-DRAIN, last of the TTS cases: it ends the worker.
+pub(crate) async fn health_drain(ctx: Ctx) -> CaseResult {
+    let session = ctx.session_id();
+    let busy = async {
+        start_tts_session(&ctx, &session).await?;
+        let (started, stream) =
+            open_call(&ctx, one_chunk(&session, &long_text()), Duration::ZERO).await;
+        let mut stream = stream.map_err(|e| Failure::new("the call to open", end_text(&e)))?;
+        let mut frames = Vec::new();
+        read_some(&mut stream, started, &mut frames, 1).await?;
+        Ok((started, stream, frames))
+    };
+    let Some((started, mut stream, mut frames)) =
+        crate::client::drain_to_not_serving(&ctx, Service::Tts, busy).await?
+    else {
+        return skip(crate::client::NO_DRAIN);
+    };
+    let refused = prompt(
+        "StartSession while draining",
+        ctx.tts().start_session(StartSessionRequest {
+            session_id: ctx.session_id(),
+            ..Default::default()
+        }),
+    )
+    .await?;
+    expect_code("StartSession while draining", refused, Code::Unavailable)?;
+    let end = drain(&mut stream, started, &mut frames, CALL_DEADLINE).await;
+    let call = TtsCall { frames, end };
+    valid(&session, "the call in flight when the drain began", &call)?;
+    pass()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,7 +16,7 @@ async fn fails_its_cases(fault: SttFault) {
         .map(|(_, cases)| *cases)
         .expect("the fault is in the table");
     let worker = faulty_stt::start(fault).await;
-    let report = run_suite(worker.addr, Service::Stt, cases).await;
+    let report = run_suite(&worker, Service::Stt, cases).await;
     assert_fail(&report, cases, &format!("{fault:?}"));
     let must = cases.iter().any(|id| {
         voxwire_conformance::catalogue::find(id).is_some_and(|c| c.level == CaseLevel::Must)
@@ -33,14 +33,14 @@ async fn whisper_worker_conforms() {
     let Some(worker) = support::whisper_stt_worker().await else {
         return;
     };
-    let report = support::run_suite_with(worker.addr, Service::Stt, &[], WHISPER_INPUTS).await;
+    let report = support::run_suite_with(&worker, Service::Stt, &[], WHISPER_INPUTS).await;
     assert_all_pass(&report, "the Whisper stt-worker", &[]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faulty_worker_without_a_fault_conforms() {
     let worker = faulty_stt::start(SttFault::None).await;
-    let report = run_suite(worker.addr, Service::Stt, &[]).await;
+    let report = run_suite(&worker, Service::Stt, &[]).await;
     assert_all_pass(&report, "the faulty STT worker with no fault", &[]);
 }
 
@@ -88,4 +88,5 @@ fault_tests! {
     health_absent => HealthAbsent,
     watch_not_streaming => WatchNotStreaming,
     metrics_missing => MetricsMissing,
+    drain_ignored => DrainIgnored,
 }

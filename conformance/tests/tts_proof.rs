@@ -18,7 +18,7 @@ async fn fails_its_cases(fault: TtsFault) {
         .map(|(_, cases)| *cases)
         .expect("the fault is in the table");
     let worker = faulty_tts::start(fault).await;
-    let report = run_suite(worker.addr, Service::Tts, cases).await;
+    let report = run_suite(&worker, Service::Tts, cases).await;
     assert_fail(&report, cases, &format!("{fault:?}"));
     let must = cases.iter().any(|id| {
         voxwire_conformance::catalogue::find(id).is_some_and(|c| c.level == CaseLevel::Must)
@@ -29,14 +29,14 @@ async fn fails_its_cases(fault: TtsFault) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tone_worker_conforms() {
     let worker = support::tone_tts_worker().await;
-    let report = run_suite(worker.addr, Service::Tts, &[]).await;
+    let report = run_suite(&worker, Service::Tts, &[]).await;
     assert_all_pass(&report, "the tone tts-worker", &[]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faulty_worker_without_a_fault_conforms() {
     let worker = faulty_tts::start(TtsFault::None).await;
-    let report = run_suite(worker.addr, Service::Tts, &[]).await;
+    let report = run_suite(&worker, Service::Tts, &[]).await;
     assert_all_pass(&report, "the faulty worker with no fault", &[]);
 }
 
@@ -88,4 +88,5 @@ fault_tests! {
     text_limit_ignored => TextLimitIgnored,
     rejects_text_without_letters => RejectsTextWithoutLetters,
     metrics_missing => MetricsMissing,
+    drain_ignored => DrainIgnored,
 }

@@ -52,6 +52,8 @@ pub enum SttFault {
     HealthAbsent,
     WatchNotStreaming,
     MetricsMissing,
+    /// On drain: still SERVING, still taking new work.
+    DrainIgnored,
 }
 
 pub const MAX_SESSIONS: usize = 3;
@@ -234,10 +236,11 @@ impl Recognizer {
 
 struct State {
     fault: SttFault,
+    drain: Drain,
     active: Arc<AtomicUsize>,
 }
 
-struct Guard(Arc<AtomicUsize>);
+struct Guard(Arc<AtomicUsize>, Option<voxwire_service::InFlight>);
 
 impl Drop for Guard {
     fn drop(&mut self) {
@@ -401,8 +404,12 @@ impl SttService for FaultySt {
             Some((Some(config), audio, _)) => (config, audio),
             _ => return Err(Violation::new(Rule::SttConfigFirst, "no config").to_status()),
         };
+        let in_flight = self.state.drain.admit();
+        if in_flight.is_none() && fault != SttFault::DrainIgnored {
+            return Err(Status::unavailable("HEALTH-DRAIN: draining"));
+        }
         let active = self.state.active.fetch_add(1, Ordering::AcqRel);
-        let guard = Guard(Arc::clone(&self.state.active));
+        let guard = Guard(Arc::clone(&self.state.active), in_flight);
         if active >= MAX_SESSIONS && fault != SttFault::CapacityNotEnforced {
             return Err(Violation::new(Rule::SttCapacity, "full").to_status());
         }
@@ -454,7 +461,7 @@ impl SttService for FaultySt {
 
 pub struct RunningFake {
     pub addr: SocketAddr,
-    _stop: oneshot::Sender<()>,
+    pub stop: super::Stopper,
 }
 
 pub async fn start(fault: SttFault) -> RunningFake {
@@ -467,8 +474,10 @@ pub async fn start(fault: SttFault) -> RunningFake {
         SttFault::WatchNotStreaming => HealthMode::WatchNotStreaming,
         _ => HealthMode::Real,
     };
+    let drain = Drain::new();
     let state = Arc::new(State {
         fault,
+        drain: drain.clone(),
         active: Arc::new(AtomicUsize::new(0)),
     });
     let router = Server::builder()
@@ -476,15 +485,24 @@ pub async fn start(fault: SttFault) -> RunningFake {
         .add_optional_service(broken(mode, &[service_names::STT]))
         .add_service(SttServiceServer::new(FaultySt { state }));
     let (stop, stopped) = oneshot::channel::<()>();
+    let health = if fault == SttFault::DrainIgnored {
+        // The bug: the drain reports to a health nobody serves.
+        Health::new(&[]).await.0
+    } else {
+        health
+    };
     tokio::spawn(voxwire_service::serve(
         router,
         listener,
         health,
-        Drain::new(),
+        drain,
         Duration::from_secs(1),
         async {
             let _ = stopped.await;
         },
     ));
-    RunningFake { addr, _stop: stop }
+    RunningFake {
+        addr,
+        stop: super::Stopper::new(stop),
+    }
 }

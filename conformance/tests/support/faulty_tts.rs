@@ -61,6 +61,8 @@ pub enum TtsFault {
     /// Text with no letter (empty, blank, punctuation) fails INVALID_ARGUMENT.
     RejectsTextWithoutLetters,
     MetricsMissing,
+    /// On drain: still SERVING, still taking new work.
+    DrainIgnored,
 }
 
 pub const MAX_SESSIONS: usize = 4;
@@ -80,6 +82,7 @@ struct Session {
 
 struct State {
     fault: TtsFault,
+    drain: Drain,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
     active_streams: Arc<AtomicUsize>,
 }
@@ -112,8 +115,9 @@ struct FaultyTts {
     state: Arc<State>,
 }
 
-/// Decrements active_streams when the call is over.
-struct StreamGuard(Arc<AtomicUsize>);
+/// Decrements active_streams when the call is over, and lets a drain wait
+/// for it.
+struct StreamGuard(Arc<AtomicUsize>, voxwire_service::InFlight);
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
@@ -393,6 +397,9 @@ impl TtsService for FaultyTts {
         let state = &self.state;
         voxwire_proto::session::validate_session_id(&request.session_id)
             .map_err(|v| state.status(v))?;
+        if state.drain.is_draining() && state.fault != TtsFault::DrainIgnored {
+            return Err(Status::unavailable("HEALTH-DRAIN: draining"));
+        }
         if !request.model_id.is_empty() && request.model_id != "tone" {
             return Err(state.status(Violation::new(Rule::TtsModelUnknown, "no such model")));
         }
@@ -467,8 +474,12 @@ impl TtsService for FaultyTts {
         {
             return Err(Status::invalid_argument("nothing to say"));
         }
+        let in_flight = state
+            .drain
+            .admit()
+            .ok_or_else(|| Status::unavailable("HEALTH-DRAIN: draining"))?;
         state.active_streams.fetch_add(1, Ordering::AcqRel);
-        let guard = StreamGuard(Arc::clone(&state.active_streams));
+        let guard = StreamGuard(Arc::clone(&state.active_streams), in_flight);
         let call = Call {
             emitter: Emitter {
                 tx,
@@ -586,7 +597,7 @@ impl TtsService for FaultyTts {
 /// A worker serving on a loopback port until dropped.
 pub struct RunningFake {
     pub addr: SocketAddr,
-    _stop: oneshot::Sender<()>,
+    pub stop: super::Stopper,
 }
 
 pub async fn start(fault: TtsFault) -> RunningFake {
@@ -599,8 +610,10 @@ pub async fn start(fault: TtsFault) -> RunningFake {
         TtsFault::WatchNotStreaming => HealthMode::WatchNotStreaming,
         _ => HealthMode::Real,
     };
+    let drain = Drain::new();
     let state = Arc::new(State {
         fault,
+        drain: drain.clone(),
         sessions: Mutex::new(HashMap::new()),
         active_streams: Arc::new(AtomicUsize::new(0)),
     });
@@ -609,15 +622,24 @@ pub async fn start(fault: TtsFault) -> RunningFake {
         .add_optional_service(broken(mode, &[service_names::TTS]))
         .add_service(TtsServiceServer::new(FaultyTts { state }));
     let (stop, stopped) = oneshot::channel::<()>();
+    let health = if fault == TtsFault::DrainIgnored {
+        // The bug: the drain reports to a health nobody serves.
+        Health::new(&[]).await.0
+    } else {
+        health
+    };
     tokio::spawn(voxwire_service::serve(
         router,
         listener,
         health,
-        Drain::new(),
+        drain,
         Duration::from_secs(1),
         async {
             let _ = stopped.await;
         },
     ));
-    RunningFake { addr, _stop: stop }
+    RunningFake {
+        addr,
+        stop: super::Stopper::new(stop),
+    }
 }

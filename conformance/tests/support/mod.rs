@@ -7,6 +7,7 @@ pub mod faulty_tts;
 pub mod health;
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
@@ -14,7 +15,7 @@ use tokio_stream::StreamExt;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
-use voxwire_conformance::runner::{self, Report, RunConfig, Standing};
+use voxwire_conformance::runner::{self, DrainTrigger, Report, RunConfig, Standing};
 use voxwire_conformance::{Glob, Service};
 
 use faulty_stt::SttFault;
@@ -82,6 +83,7 @@ pub const TTS_FAULTS: &[(TtsFault, &[&str])] = &[
         &["tts/synthesize/completes"],
     ),
     (TtsFault::MetricsMissing, &["tts/caps/metrics"]),
+    (TtsFault::DrainIgnored, &["tts/health/drain"]),
 ];
 
 /// Which cases each STT fault must fail.
@@ -138,21 +140,49 @@ pub const STT_FAULTS: &[(SttFault, &[&str])] = &[
     ),
     (SttFault::WatchNotStreaming, &["stt/health/watch"]),
     (SttFault::MetricsMissing, &["stt/caps/metrics"]),
+    (SttFault::DrainIgnored, &["stt/health/drain"]),
 ];
 
-pub async fn run_suite(addr: SocketAddr, service: Service, cases: &[&str]) -> Report {
-    run_suite_with(addr, service, cases, CASES).await
+/// A worker under test: where it listens, and how to drain it (the drain
+/// cases run last).
+pub trait Worker {
+    fn addr(&self) -> SocketAddr;
+    fn stopper(&self) -> &Stopper;
+}
+
+/// Stops an in-process worker, once: dropping it stops it too.
+#[derive(Clone)]
+pub struct Stopper(Arc<Mutex<Option<oneshot::Sender<()>>>>);
+
+impl Stopper {
+    pub fn new(stop: oneshot::Sender<()>) -> Stopper {
+        Stopper(Arc::new(Mutex::new(Some(stop))))
+    }
+
+    pub fn trigger(&self) -> DrainTrigger {
+        let inner = Arc::clone(&self.0);
+        DrainTrigger::new(move || {
+            if let Some(stop) = inner.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                let _ = stop.send(());
+            }
+        })
+    }
+}
+
+pub async fn run_suite(worker: &dyn Worker, service: Service, cases: &[&str]) -> Report {
+    run_suite_with(worker, service, cases, CASES).await
 }
 
 /// Like [`run_suite`] with `inputs` generated inputs per property case: real
 /// models are slow, and the faults are what needs many inputs.
 pub async fn run_suite_with(
-    addr: SocketAddr,
+    worker: &dyn Worker,
     service: Service,
     cases: &[&str],
     inputs: u32,
 ) -> Report {
-    let mut config = RunConfig::new(addr.to_string(), service);
+    let mut config = RunConfig::new(worker.addr().to_string(), service);
+    config.drain = Some(worker.stopper().trigger());
     config.run = (!cases.is_empty()).then(|| Glob::new(&cases.join(",")));
     config.cases = inputs;
     config.seed = SEED;
@@ -216,7 +246,37 @@ pub async fn wait_serving(addr: SocketAddr, service: &str) {
 /// A real worker, in process, serving until dropped.
 pub struct RealWorker {
     pub addr: SocketAddr,
-    _stop: oneshot::Sender<()>,
+    stop: Stopper,
+}
+
+impl Worker for RealWorker {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn stopper(&self) -> &Stopper {
+        &self.stop
+    }
+}
+
+impl Worker for faulty_tts::RunningFake {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn stopper(&self) -> &Stopper {
+        &self.stop
+    }
+}
+
+impl Worker for faulty_stt::RunningFake {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    fn stopper(&self) -> &Stopper {
+        &self.stop
+    }
 }
 
 /// The reference TTS worker with the deterministic tone engine. A few
@@ -237,7 +297,10 @@ pub async fn tone_tts_worker() -> RealWorker {
     // The worker runs in the background; dropping `stop` drains it.
     tokio::spawn(running.wait());
     wait_serving(addr, voxwire_proto::service_names::TTS).await;
-    RealWorker { addr, _stop: stop }
+    RealWorker {
+        addr,
+        stop: Stopper::new(stop),
+    }
 }
 
 /// The real stt-worker on Whisper tiny.en, or `None` (skipped, outside CI)
@@ -258,5 +321,8 @@ pub async fn whisper_stt_worker() -> Option<RealWorker> {
     let addr = running.addr;
     tokio::spawn(running.wait());
     wait_serving(addr, voxwire_proto::service_names::STT).await;
-    Some(RealWorker { addr, _stop: stop })
+    Some(RealWorker {
+        addr,
+        stop: Stopper::new(stop),
+    })
 }
