@@ -22,8 +22,11 @@ demo:
 conformance TARGET KIND="tts":
     cargo run --quiet -p voxwire-conformance -- {{KIND}} --target {{TARGET}}
 
-# Engine benchmarks: Piper real-time factor (1 and 2 threads) and Whisper WER / RTF / latency; JSON in target/bench/.
+# Engine benchmarks: Piper real-time factor (1 and 2 threads), Whisper WER / RTF / latency on espeak-ng and Piper speech,
+# TTS first frame over gRPC; JSON in target/bench/.
 bench:
     RAYON_NUM_THREADS=1 cargo run --release -p voxwire-piper --example piper_rtf
     RAYON_NUM_THREADS=2 cargo run --release -p voxwire-piper --example piper_rtf
-    cargo run --release -p voxwire-whisper --example stt_bench
+    VOXWIRE_BENCH_VOICE=espeak cargo run --release -p voxwire-whisper --example stt_bench
+    VOXWIRE_BENCH_VOICE=piper cargo run --release -p voxwire-whisper --example stt_bench
+    cargo run --release -p voxwire-tts-worker --example first_frame

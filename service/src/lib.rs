@@ -336,6 +336,26 @@ pub async fn serve_metrics(
     Ok(local)
 }
 
+/// Serves a worker's load figures (the GetCapabilities metrics) as gauges
+/// named `prefix_key` at `http://addr/metrics`.
+pub async fn serve_load_metrics(
+    addr: &str,
+    prefix: &'static str,
+    load: impl Fn() -> std::collections::HashMap<String, f64> + Send + Sync + 'static,
+) -> Result<SocketAddr, ServiceError> {
+    let bound = serve_metrics(
+        addr,
+        std::sync::Arc::new(move || {
+            let mut metrics: Vec<(String, f64)> = load().into_iter().collect();
+            metrics.sort_by(|a, b| a.0.cmp(&b.0));
+            render_gauges(prefix, metrics.iter().map(|(k, v)| (k.as_str(), *v)))
+        }),
+    )
+    .await?;
+    tracing::info!(%bound, "metrics listening");
+    Ok(bound)
+}
+
 /// Renders gauges in Prometheus text format, `prefix_name value` per line.
 pub fn render_gauges<'a>(prefix: &str, gauges: impl IntoIterator<Item = (&'a str, f64)>) -> String {
     let mut out = String::new();

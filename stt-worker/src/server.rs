@@ -137,18 +137,8 @@ pub async fn start(
     let worker = SttWorker::new(config, drain.clone());
     if let Some(metrics_addr) = &args.metrics_listen {
         let w = Arc::clone(&worker);
-        let bound = voxwire_service::serve_metrics(
-            metrics_addr,
-            Arc::new(move || {
-                let metrics = w.load_metrics();
-                voxwire_service::render_gauges(
-                    "voxwire_stt",
-                    metrics.iter().map(|(k, v)| (k.as_str(), *v)),
-                )
-            }),
-        )
-        .await?;
-        tracing::info!(%bound, "metrics listening");
+        voxwire_service::serve_load_metrics(metrics_addr, "voxwire_stt", move || w.load_metrics())
+            .await?;
     }
     let router = Server::builder()
         .add_service(health_service)

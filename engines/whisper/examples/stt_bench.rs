@@ -1,4 +1,6 @@
-//! Speech-to-text engine benchmark on speech made by espeak-ng.
+//! Speech-to-text engine benchmark on speech made by espeak-ng or by the
+//! project's own Piper voice (`VOXWIRE_BENCH_VOICE=espeak|piper`, default
+//! espeak; the report is `stt_engine_<voice>.json`).
 //!
 //! For each clip: word error rate of `transcribe` against the script, its
 //! real-time factor (compute time / audio time), and, streaming the clip in
@@ -55,7 +57,31 @@ fn samples(ms: usize) -> usize {
     ms * SAMPLE_RATE as usize / 1000
 }
 
-fn speak(text: &str, path: &PathBuf) -> Result<Vec<f32>, BoxError> {
+/// Who speaks the clips.
+enum SpeechSource {
+    Espeak,
+    Piper(Box<voxwire_piper::PiperVoice>),
+}
+
+impl SpeechSource {
+    fn name(&self) -> &'static str {
+        match self {
+            SpeechSource::Espeak => "espeak",
+            SpeechSource::Piper(_) => "piper",
+        }
+    }
+}
+
+fn speak(source: &SpeechSource, text: &str, path: &PathBuf) -> Result<Vec<f32>, BoxError> {
+    if let SpeechSource::Piper(voice) = source {
+        let scales = voxwire_piper::Scales::from_config(voice.config());
+        let pcm = voice.synthesize_sentence(text, scales, 0)?;
+        return Ok(voxwire_dsp::resample(
+            &pcm,
+            voice.config().sample_rate,
+            SAMPLE_RATE,
+        )?);
+    }
     let status = Command::new("espeak-ng")
         .args(["-v", "en-us", "-s", "160", "-w"])
         .arg(path)
@@ -91,14 +117,18 @@ struct Clip {
     utterance_ends: Vec<usize>,
 }
 
-fn make_clip(sentences: &[&str], scratch: &PathBuf) -> Result<Clip, BoxError> {
+fn make_clip(
+    source: &SpeechSource,
+    sentences: &[&str],
+    scratch: &PathBuf,
+) -> Result<Clip, BoxError> {
     let mut speech = Vec::new();
     let mut ends = Vec::new();
     for (i, sentence) in sentences.iter().enumerate() {
         if i > 0 {
             speech.extend(std::iter::repeat_n(0.0, samples(PAUSE_MS)));
         }
-        let pcm = speak(sentence, scratch)?;
+        let pcm = speak(source, sentence, scratch)?;
         ends.push(samples(LEAD_MS) + speech.len() + speech_end(&pcm));
         speech.extend(pcm);
     }
@@ -191,10 +221,17 @@ fn main() -> Result<(), BoxError> {
         dir.display()
     );
 
+    let source = match std::env::var("VOXWIRE_BENCH_VOICE").as_deref() {
+        Ok("piper") => SpeechSource::Piper(Box::new(voxwire_piper::PiperVoice::load(
+            &base.join(voxwire_testkit::PIPER_JOE_MEDIUM),
+        )?)),
+        _ => SpeechSource::Espeak,
+    };
+    println!("speech from {}", source.name());
     let scratch = std::env::temp_dir().join(format!("stt-bench-{}.wav", std::process::id()));
     let clips = CLIPS
         .iter()
-        .map(|sentences| make_clip(sentences, &scratch))
+        .map(|sentences| make_clip(&source, sentences, &scratch))
         .collect::<Result<Vec<_>, _>>()?;
     let _ = std::fs::remove_file(&scratch);
 
@@ -285,6 +322,7 @@ fn main() -> Result<(), BoxError> {
 
     let report = json!({
         "engine": "voxwire-whisper",
+        "speech": source.name(),
         "model": voxwire_testkit::WHISPER_TINY_EN,
         "cores": cores,
         "load_s": load_s,
@@ -311,7 +349,7 @@ fn main() -> Result<(), BoxError> {
     let out_dir = target.join("bench");
     std::fs::create_dir_all(&out_dir)?;
     let out_dir = out_dir.canonicalize()?;
-    let out = out_dir.join("stt_engine.json");
+    let out = out_dir.join(format!("stt_engine_{}.json", source.name()));
     std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
     println!("wrote {}", out.display());
     Ok(())

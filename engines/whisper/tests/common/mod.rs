@@ -1,9 +1,6 @@
 //! Real speech for the tests, spoken by espeak-ng at test time.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
-use std::process::Command;
-
 use voxwire_whisper::{RecognizerEvent, WhisperModel, SAMPLE_RATE};
 
 /// The model, or `None` when the test should skip (outside CI only).
@@ -15,46 +12,12 @@ pub fn model() -> Option<WhisperModel> {
     }
 }
 
-fn scratch_wav(tag: &str) -> PathBuf {
-    let unique = format!(
-        "voxwire-whisper-{}-{}-{tag}.wav",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    );
-    std::env::temp_dir().join(unique)
-}
-
 /// `text` spoken by espeak-ng (en-us, 160 words per minute) as 16 kHz f32.
 /// `None` when espeak-ng is missing outside CI; in CI that is a failure.
 pub fn speak(text: &str) -> Option<Vec<f32>> {
-    let path = scratch_wav("speech");
-    let status = Command::new("espeak-ng")
-        .args(["-v", "en-us", "-s", "160", "-w"])
-        .arg(&path)
-        .arg(text)
-        .status();
-    match status {
-        Ok(status) if status.success() => {}
-        other => {
-            if voxwire_testkit::in_ci() {
-                panic!("espeak-ng is required in CI: {other:?}");
-            }
-            eprintln!("SKIPPED: espeak-ng is not available ({other:?})");
-            return None;
-        }
-    }
-    let mut reader = hound::WavReader::open(&path).expect("espeak-ng wrote a WAV");
-    let spec = reader.spec();
-    assert_eq!(spec.channels, 1, "espeak-ng speaks mono");
-    let samples: Vec<f32> = reader
-        .samples::<i16>()
-        .map(|s| f32::from(s.expect("a 16-bit sample")) / 32768.0)
-        .collect();
-    let _ = std::fs::remove_file(&path);
-    Some(voxwire_dsp::resample(&samples, spec.sample_rate, SAMPLE_RATE).expect("resampling"))
+    let (samples, rate) = voxwire_testkit::speech::espeak(text)?;
+    let samples = voxwire_dsp::i16_to_f32(&samples);
+    Some(voxwire_dsp::resample(&samples, rate, SAMPLE_RATE).expect("resampling"))
 }
 
 pub fn silence(ms: u32) -> Vec<f32> {
