@@ -1,9 +1,7 @@
 //! Every TTS check can fail: each fault of the faulty worker fails the cases
 //! the table in support/mod.rs names, and the real workers pass them all.
 //!
-//! Adding a real worker is one line: a test calling `real_worker_conforms`
-//! with its start-up (the Piper voice, when its engineers land a test
-//! fixture for it, goes here).
+//! Adding a real worker is one test like `piper_worker_conforms`.
 
 mod support;
 
@@ -31,6 +29,19 @@ async fn tone_worker_conforms() {
     let worker = support::tone_tts_worker().await;
     let report = run_suite(&worker, Service::Tts, &[]).await;
     assert_all_pass(&report, "the tone tts-worker", &[]);
+}
+
+/// Inputs per generated case against the real voice: a sentence takes a
+/// few hundred milliseconds of CPU.
+const PIPER_INPUTS: u32 = 2;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn piper_worker_conforms() {
+    let Some(worker) = support::piper_tts_worker().await else {
+        return;
+    };
+    let report = support::run_suite_with(&worker, Service::Tts, &[], PIPER_INPUTS).await;
+    assert_all_pass(&report, "the Piper tts-worker", &[]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

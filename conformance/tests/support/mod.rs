@@ -303,6 +303,32 @@ pub async fn tone_tts_worker() -> RealWorker {
     }
 }
 
+/// The real tts-worker with the Piper voice, or `None` (skipped, outside CI)
+/// when the voice is not there.
+pub async fn piper_tts_worker() -> Option<RealWorker> {
+    let voice = voxwire_testkit::model_dir(voxwire_testkit::PIPER_JOE_MEDIUM)?;
+    let args = voxwire_tts_worker::server::Args {
+        engine: voxwire_tts_worker::server::EngineKind::Piper,
+        voice: Some(voice),
+        max_sessions: 6,
+        max_text_chars: 3_000,
+        ..voxwire_tts_worker::server::Args::tone_for_tests()
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let running = voxwire_tts_worker::server::start(&args, async {
+        let _ = stopped.await;
+    })
+    .await
+    .expect("piper worker starts");
+    let addr = running.addr;
+    tokio::spawn(running.wait());
+    wait_serving(addr, voxwire_proto::service_names::TTS).await;
+    Some(RealWorker {
+        addr,
+        stop: Stopper::new(stop),
+    })
+}
+
 /// The real stt-worker on Whisper tiny.en, or `None` (skipped, outside CI)
 /// when the model is not there.
 pub async fn whisper_stt_worker() -> Option<RealWorker> {
