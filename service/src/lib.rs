@@ -305,6 +305,30 @@ where
     })
 }
 
+/// A server started in the background: its address, its shared state, and
+/// the task that ends when it has drained (or its warm-up failed).
+pub struct Running<W, E: std::error::Error + 'static> {
+    pub addr: SocketAddr,
+    pub worker: Arc<W>,
+    task: tokio::task::JoinHandle<Result<(), RunError<E>>>,
+}
+
+impl<W, E: std::error::Error + 'static> Running<W, E> {
+    pub fn new(
+        addr: SocketAddr,
+        worker: Arc<W>,
+        task: tokio::task::JoinHandle<Result<(), RunError<E>>>,
+    ) -> Self {
+        Running { addr, worker, task }
+    }
+
+    /// Waits until the server stops (its `stop` future resolved and it
+    /// drained), or fails (the warm-up did not succeed).
+    pub async fn wait(self) -> Result<(), RunError<E>> {
+        self.task.await.map_err(|e| RunError::Join(e.to_string()))?
+    }
+}
+
 /// Serves `GET /metrics` (Prometheus text format, from `render`) on `addr`
 /// until the process ends. A worker's metrics port is optional; failing to
 /// bind it is an error the caller reports.

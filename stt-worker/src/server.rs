@@ -3,12 +3,10 @@
 //! decode; SIGTERM drains.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::task::JoinHandle;
 use tonic::transport::Server;
 use voxwire_proto::service_names;
 use voxwire_proto::stt::stt_service_server::SttServiceServer;
@@ -95,24 +93,10 @@ pub enum WorkerError {
     Run(#[from] RunError<LoadError>),
     #[error("{0}")]
     Config(String),
-    #[error("server task failed: {0}")]
-    Join(String),
 }
 
-pub struct RunningWorker {
-    pub addr: SocketAddr,
-    pub worker: Arc<SttWorker>,
-    task: JoinHandle<Result<(), RunError<LoadError>>>,
-}
-
-impl RunningWorker {
-    pub async fn wait(self) -> Result<(), WorkerError> {
-        self.task
-            .await
-            .map_err(|e| WorkerError::Join(e.to_string()))?
-            .map_err(WorkerError::from)
-    }
-}
+/// A worker started by [`start`].
+pub type RunningWorker = voxwire_service::Running<SttWorker, LoadError>;
 
 pub async fn start(
     args: &Args,
@@ -160,11 +144,11 @@ pub async fn start(
         stop,
         warm_up,
     );
-    Ok(RunningWorker { addr, worker, task })
+    Ok(RunningWorker::new(addr, worker, task))
 }
 
 /// Runs until SIGTERM (then drains and returns) or a start-up failure.
 pub async fn run(args: Args) -> Result<(), WorkerError> {
     let running = start(&args, voxwire_service::shutdown_signal()).await?;
-    running.wait().await
+    Ok(running.wait().await?)
 }

@@ -4,12 +4,10 @@
 //! loads; SERVING comes only after one warm-up synthesis. SIGTERM drains.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::task::JoinHandle;
 use tonic::transport::Server;
 use voxwire_proto::service_names;
 use voxwire_proto::tts::tts_service_server::TtsServiceServer;
@@ -98,8 +96,6 @@ pub enum WorkerError {
     Run(#[from] RunError<EngineError>),
     #[error("{0}")]
     Config(String),
-    #[error("server task failed: {0}")]
-    Join(String),
 }
 
 /// The voices this worker offers and which one is the default.
@@ -149,22 +145,7 @@ fn add_piper_path(catalogue: &mut Catalogue, path: &Path) -> Result<String, Work
 }
 
 /// A worker started by [`start`].
-pub struct RunningWorker {
-    pub addr: SocketAddr,
-    pub worker: Arc<TtsWorker>,
-    task: JoinHandle<Result<(), RunError<EngineError>>>,
-}
-
-impl RunningWorker {
-    /// Waits until the worker stops (its `stop` future resolved and it
-    /// drained), or fails (the voice did not load).
-    pub async fn wait(self) -> Result<(), WorkerError> {
-        self.task
-            .await
-            .map_err(|e| WorkerError::Join(e.to_string()))?
-            .map_err(WorkerError::from)
-    }
-}
+pub type RunningWorker = voxwire_service::Running<TtsWorker, EngineError>;
 
 /// Binds, serves (NOT_SERVING), loads and warms the voice in the background
 /// (then SERVING), and drains when `stop` resolves.
@@ -224,7 +205,7 @@ pub async fn start(
         stop,
         warm_up,
     );
-    Ok(RunningWorker { addr, worker, task })
+    Ok(RunningWorker::new(addr, worker, task))
 }
 
 fn worker_idle(args: &Args) -> Duration {
@@ -234,5 +215,5 @@ fn worker_idle(args: &Args) -> Duration {
 /// Runs until SIGTERM (then drains and returns) or a start-up failure.
 pub async fn run(args: Args) -> Result<(), WorkerError> {
     let running = start(&args, voxwire_service::shutdown_signal()).await?;
-    running.wait().await
+    Ok(running.wait().await?)
 }
