@@ -22,6 +22,11 @@ demo:
 conformance TARGET KIND="tts":
     cargo run --quiet -p voxwire-conformance -- {{KIND}} --target {{TARGET}}
 
+# Re-record the protocol regression goldens (conformance/goldens/) after an intentional protocol change;
+# review the diff. `cargo test` compares against them.
+regress:
+    VOXWIRE_REGRESS_UPDATE=1 cargo test -p voxwire-conformance --test regress -- tone_worker_matches_the_golden
+
 # Engine benchmarks: Piper real-time factor (1 and 2 threads), Whisper WER / RTF / latency on espeak-ng and Piper speech,
 # TTS first frame over gRPC; JSON in target/bench/.
 bench:

@@ -211,6 +211,10 @@ static CATALOGUE: &[CaseDef] = &[
     case!("tts/cancel/frees", Tts, Must, Some(Rule::TtsCancelFrees),
         "A cancelled call gives back its stream (active_streams returns), and the next request is served.",
         tts::cancel_frees),
+    // TTS: regressions, each named after a protocol bug found.
+    case!("tts/regress/cancel-then-next-call-served", Tts, Must, Some(Rule::TtsCancelFrees),
+        "Regression (orchestrator kept a cancelled Speak's session lock): right after a call is cancelled, the next call on its session is served at once.",
+        tts::cancel_then_next),
     case!("tts/caps/metrics", Tts, Should, Some(Rule::CapsMetrics),
         "GetCapabilities reports active_sessions, active_streams and max_sessions, and they track reality.",
         |ctx| crate::client::caps_metrics(ctx, Service::Tts)),

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::catalogue::{catalogue, Service};
 use crate::glob::Glob;
+use crate::regress::{self, RecordConfig};
 use crate::report;
 use crate::runner::{self, RunConfig, RunError};
 use crate::spawn::{self, Readiness, SpawnError};
@@ -32,6 +33,38 @@ pub enum Command {
     Tts(RunArgs),
     /// Check an STT worker (stt.STTService).
     Stt(RunArgs),
+    /// Record a TTS worker's exchanges and compare them with a golden file
+    /// (or re-record it with --update).
+    Regress(RegressArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RegressArgs {
+    /// The TTS worker, HOST:PORT (a deterministic engine: `tts-worker --engine tone`).
+    #[arg(long, env = "VOXWIRE_TARGET")]
+    pub target: String,
+    /// The golden file, e.g. conformance/goldens/tts-tone.json.
+    #[arg(long, env = "VOXWIRE_GOLDEN")]
+    pub golden: PathBuf,
+    /// Write the recording to the golden instead of comparing.
+    #[arg(long, env = "VOXWIRE_REGRESS_UPDATE")]
+    pub update: bool,
+    /// With --update: the seed (default: the golden's, else a fixed one).
+    /// Comparing always uses the golden's.
+    #[arg(long, env = "VOXWIRE_SEED")]
+    pub seed: Option<u64>,
+    /// With --update: inputs per generated case (default: the golden's, else 4).
+    #[arg(long, env = "VOXWIRE_CASES")]
+    pub cases: Option<u32>,
+    /// Written into the golden to say what was recorded.
+    #[arg(long, default_value = "tts-worker --engine tone")]
+    pub worker: String,
+    /// With a command to spawn: how long it may take to report SERVING, in seconds.
+    #[arg(long, env = "VOXWIRE_STARTUP_TIMEOUT", default_value_t = 120)]
+    pub startup_timeout: u64,
+    /// After `--`: a command that starts the worker on --target.
+    #[arg(last = true)]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -82,6 +115,8 @@ pub enum CliError {
     },
     #[error("JSON report: {0}")]
     Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Regress(#[from] regress::RegressError),
 }
 
 fn read(path: &PathBuf) -> Result<String, CliError> {
@@ -133,6 +168,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::Tts(args) => (Service::Tts, args),
         Command::Stt(args) => (Service::Stt, args),
+        Command::Regress(args) => return run_regress(args).await,
     };
     let mut config = RunConfig::new(args.target.clone(), service);
     config.run = args.run.as_deref().map(Glob::new);
@@ -177,4 +213,65 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `conformance regress`: compare with the golden, or re-record it.
+async fn run_regress(args: RegressArgs) -> Result<ExitCode, CliError> {
+    // Comparing needs the golden; updating takes its seed and size if there
+    // is one, so a re-record changes only what the worker changed.
+    let existing = if args.update && !args.golden.exists() {
+        None
+    } else {
+        Some(regress::read(&args.golden)?)
+    };
+    let (seed, cases) = match (&existing, args.update) {
+        (Some(golden), false) => (golden.seed, golden.cases_per_property),
+        (existing, _) => (
+            args.seed
+                .or(existing.as_ref().map(|g| g.seed))
+                .unwrap_or(regress::DEFAULT_SEED),
+            args.cases
+                .or(existing.as_ref().map(|g| g.cases_per_property))
+                .unwrap_or(regress::DEFAULT_CASES),
+        ),
+    };
+    let worker = if args.command.is_empty() {
+        None
+    } else {
+        let deadline = Duration::from_secs(args.startup_timeout);
+        let (worker, _) = spawn::spawn(&args.command, &args.target, Service::Tts, deadline).await?;
+        Some(worker)
+    };
+    let config = RecordConfig {
+        target: args.target.clone(),
+        seed,
+        cases,
+        worker: args.worker.clone(),
+    };
+    eprintln!(
+        "conformance regress: recording {} (seed {seed}, {cases} inputs per case)",
+        config.target
+    );
+    let recorded = regress::record(&config).await;
+    if let Some(worker) = worker {
+        worker.stop().await;
+    }
+    let recorded = recorded?;
+    match existing {
+        Some(golden) if !args.update => match regress::compare(&golden, &recorded) {
+            Ok(()) => {
+                println!("conformance regress: {} matches", args.golden.display());
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(mismatch) => {
+                println!("{}: {mismatch}", args.golden.display());
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        _ => {
+            regress::write(&args.golden, &recorded)?;
+            println!("conformance regress: wrote {}", args.golden.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }

@@ -8,6 +8,7 @@
 //! - [`report`]: the human report, JSON and JUnit XML;
 //! - [`inputs`]: the proptest strategies the cases draw their inputs from;
 //! - [`spawn`]: starting the worker under test and waiting for it on health Watch;
+//! - [`regress`]: protocol regression goldens (recorded exchanges, compared);
 //! - [`cli`]: the `conformance` command line.
 //!
 //! Frame and transcript rules are never re-implemented here: every stream goes
@@ -25,6 +26,7 @@ mod glob;
 pub mod inputs;
 pub mod outcome;
 mod prop;
+pub mod regress;
 pub mod report;
 pub mod runner;
 pub mod spawn;

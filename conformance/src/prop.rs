@@ -52,6 +52,29 @@ fn config() -> Config {
     }
 }
 
+/// The input `check` tests first for input `index` of a case: the same
+/// runner, seed and strategy, so a golden (crate::regress) records exactly the
+/// exchange the case has with the worker before any shrinking.
+pub(crate) fn draw<S: Strategy>(
+    strategy: &S,
+    seed: u64,
+    index: u32,
+    case_id: &str,
+) -> Result<S::Value, String> {
+    let input_seed = seed.wrapping_add(u64::from(index));
+    let mut runner = TestRunner::new_with_rng(config(), rng(input_seed, case_id));
+    let drawn = std::cell::RefCell::new(None);
+    runner
+        .run(strategy, |value| {
+            drawn.borrow_mut().get_or_insert(value);
+            Ok(())
+        })
+        .map_err(|e| e.to_string())?;
+    drawn
+        .into_inner()
+        .ok_or_else(|| "the strategy produced no input".to_string())
+}
+
 /// Runs `test` on `ctx.cases()` inputs drawn from the strategy `make`
 /// builds (built on the runner's thread: boxed strategies are not `Send`). The first
 /// failing input is shrunk; the failure returned is the one the minimal input

@@ -137,7 +137,7 @@ async fn drain(
     }
 }
 
-async fn call(ctx: &Ctx, chunks: Vec<TextChunk>, delay: Duration) -> TtsCall {
+pub(crate) async fn call(ctx: &Ctx, chunks: Vec<TextChunk>, delay: Duration) -> TtsCall {
     let (started, stream) = open_call(ctx, chunks, delay).await;
     let mut frames = Vec::new();
     let end = match stream {
@@ -195,7 +195,7 @@ fn valid(session: &str, what: &str, call: &TtsCall) -> Result<(), Failure> {
     Ok(())
 }
 
-async fn text_cap(ctx: &Ctx) -> Result<usize, Failure> {
+pub(crate) async fn text_cap(ctx: &Ctx) -> Result<usize, Failure> {
     let (metrics, _) = load_metrics(ctx, Service::Tts).await?;
     let advertised = metrics
         .get(metrics::MAX_TEXT_CHARS)
@@ -502,10 +502,16 @@ pub(crate) async fn end_idempotent(ctx: Ctx) -> CaseResult {
     pass()
 }
 
+/// The texts of tts/session/many-calls, one per call (the goldens record them too).
+pub(crate) fn many_calls_texts() -> Vec<String> {
+    (1..=4)
+        .map(|i| format!("Call number {i} in one session. It has two sentences."))
+        .collect()
+}
+
 pub(crate) async fn many_calls(ctx: Ctx) -> CaseResult {
     with_session(ctx, |ctx, session| async move {
-        for i in 1..=4 {
-            let text = format!("Call number {i} in one session. It has two sentences.");
+        for (i, text) in (1..).zip(many_calls_texts()) {
             let call = call(&ctx, one_chunk(&session, &text), Duration::ZERO).await;
             valid(&session, &format!("call {i} of 4 on one session"), &call)?;
             ensure(
@@ -943,6 +949,49 @@ pub(crate) async fn cancel_frees(ctx: Ctx) -> CaseResult {
         let next = call(&ctx, one_chunk(&session, "The next request."), Duration::ZERO).await;
         valid(&session, "the call after the cancelled one", &next)?;
         pass_with(note)
+    })
+    .await
+}
+
+/// Regression (named after a bug found in the orchestrator, which once left a
+/// turn holding its session lock forever when a client cancelled a Speak): a
+/// cancelled call must not keep its session busy. Unlike tts/cancel/frees,
+/// nothing waits for the worker to notice the cancel: the very next request on
+/// the same session goes out at once and must be served promptly.
+pub(crate) async fn cancel_then_next(ctx: Ctx) -> CaseResult {
+    with_session(ctx, |ctx, session| async move {
+        let (started, stream) =
+            open_call(&ctx, one_chunk(&session, &long_text()), Duration::ZERO).await;
+        let mut stream = stream.map_err(|e| Failure::new("the call to open", end_text(&e)))?;
+        let mut frames = Vec::new();
+        read_some(&mut stream, started, &mut frames, 1).await?;
+        drop(stream);
+        let expected = format!(
+            "the next call on the session, sent right after the cancel, to complete within {} s",
+            PROMPT.as_secs()
+        );
+        let next = tokio::time::timeout(
+            PROMPT,
+            call(
+                &ctx,
+                one_chunk(&session, "The next request."),
+                Duration::ZERO,
+            ),
+        )
+        .await
+        .map_err(|_| {
+            Failure::new(
+                &expected,
+                "it did not: the cancelled call still holds the session",
+            )
+        })?;
+        valid(&session, "the call right after the cancelled one", &next)?;
+        ensure(
+            next.data_frames() > 0,
+            "the call right after the cancelled one to carry audio",
+            "no data frame",
+        )?;
+        pass()
     })
     .await
 }

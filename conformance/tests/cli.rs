@@ -238,3 +238,30 @@ async fn a_spawned_worker_that_dies_is_reported_not_waited_for() {
         "no wait for the deadline"
     );
 }
+
+/// `conformance regress`: --update writes a golden, comparing against the same
+/// worker exits 0, against a worker whose frames differ exits 1 with a diff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regress_records_compares_and_exits_non_zero_on_a_difference() {
+    let good = faulty_tts::start(TtsFault::None).await;
+    let golden = scratch("regress.json");
+    let golden_arg = golden.display().to_string();
+    let record = |target: String, update: bool| {
+        let mut list = args(&["regress", "--target", &target, "--golden", &golden_arg]);
+        list.extend(args(&["--seed", "3", "--cases", "1"]));
+        if update {
+            list.push("--update".to_string());
+        }
+        conformance(list, Vec::new())
+    };
+    let written = record(good.addr.to_string(), true).await;
+    assert!(written.status.success(), "{}", stdout(&written));
+    let text = std::fs::read_to_string(&golden).expect("golden written");
+    assert!(text.contains("\"seed\": 3"), "{text}");
+    let same = record(good.addr.to_string(), false).await;
+    assert!(same.status.success(), "{}", stdout(&same));
+    let bad = faulty_tts::start(TtsFault::WrongFrameSize).await;
+    let differs = record(bad.addr.to_string(), false).await;
+    assert_eq!(differs.status.code(), Some(1), "{}", stdout(&differs));
+    assert!(stdout(&differs).contains("frames:"), "{}", stdout(&differs));
+}

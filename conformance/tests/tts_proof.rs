@@ -84,6 +84,7 @@ fault_tests! {
     frame_after_final => FrameAfterFinal,
     buffer_everything => BufferEverything,
     ignore_cancel => IgnoreCancel,
+    session_held_after_cancel => SessionHeldAfterCancel,
     wrong_status_codes => WrongStatusCodes,
     health_always_serving => HealthAlwaysServing,
     health_absent => HealthAbsent,

@@ -40,6 +40,9 @@ pub enum TtsFault {
     BufferEverything,
     /// Keeps a cancelled call's capacity.
     IgnoreCancel,
+    /// Calls on a session take turns, and a cancelled call keeps its turn
+    /// (the orchestrator's bug behind tts/regress/cancel-then-next-call-served).
+    SessionHeldAfterCancel,
     /// Every error answers UNKNOWN instead of its rule's code.
     WrongStatusCodes,
     HealthAlwaysServing,
@@ -80,6 +83,8 @@ struct Session {
     stops: watch::Sender<u64>,
     paused: watch::Sender<bool>,
     calls: AtomicUsize,
+    /// The session's turn, taken by each call with SessionHeldAfterCancel only.
+    turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 struct State {
@@ -273,7 +278,17 @@ struct Call {
 
 impl Call {
     async fn run(mut self, guard: StreamGuard) {
+        let turn = if self.state.fault == TtsFault::SessionHeldAfterCancel {
+            Some(Arc::clone(&self.session.turn).lock_owned().await)
+        } else {
+            None
+        };
         let gone = self.speak().await.is_err();
+        if gone && turn.is_some() {
+            // The bug: the cancelled call's turn is not given back for long.
+            tokio::time::sleep(LEAK).await;
+        }
+        drop(turn);
         if gone && self.state.fault == TtsFault::IgnoreCancel {
             // The bug: the call's capacity is only given back much later.
             tokio::time::sleep(LEAK).await;
@@ -425,6 +440,7 @@ impl TtsService for FaultyTts {
                 stops: watch::channel(0).0,
                 paused: watch::channel(false).0,
                 calls: AtomicUsize::new(0),
+                turn: Arc::new(tokio::sync::Mutex::new(())),
             }),
         );
         Ok(Response::new(StartSessionResponse {

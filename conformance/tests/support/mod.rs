@@ -45,6 +45,10 @@ pub const TTS_FAULTS: &[(TtsFault, &[&str])] = &[
     ),
     (TtsFault::IgnoreCancel, &["tts/cancel/frees"]),
     (
+        TtsFault::SessionHeldAfterCancel,
+        &["tts/regress/cancel-then-next-call-served"],
+    ),
+    (
         TtsFault::WrongStatusCodes,
         &[
             "tts/session/invalid-id",
