@@ -44,6 +44,15 @@ async fn piper_worker_conforms() {
     assert_all_pass(&report, "the Piper tts-worker", &[]);
 }
 
+/// The orchestrator is itself a conformant worker endpoint: its relay of
+/// `tts.TTSService` passes every case against a tone worker behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orchestrator_relay_conforms() {
+    let relay = support::orchestrator_over_tone().await;
+    let report = run_suite(&relay, Service::Tts, &[]).await;
+    assert_all_pass(&report, "the orchestrator relaying to a tone worker", &[]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faulty_worker_without_a_fault_conforms() {
     let worker = faulty_tts::start(TtsFault::None).await;

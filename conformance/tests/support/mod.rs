@@ -333,6 +333,54 @@ pub async fn piper_tts_worker() -> Option<RealWorker> {
     })
 }
 
+/// The orchestrator in front of an in-process tone worker: its relayed
+/// `tts.TTSService` is checked exactly as a worker is.
+pub struct RelayedWorker {
+    front: RealWorker,
+    _back: RealWorker,
+}
+
+impl Worker for RelayedWorker {
+    fn addr(&self) -> SocketAddr {
+        self.front.addr
+    }
+
+    fn stopper(&self) -> &Stopper {
+        &self.front.stop
+    }
+}
+
+pub async fn orchestrator_over_tone() -> RelayedWorker {
+    use clap::Parser;
+    let back = tone_tts_worker().await;
+    let args = voxwire_orchestrator::config::Args::parse_from([
+        "orchestrator",
+        "--listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--tts",
+        &back.addr.to_string(),
+    ]);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let running = voxwire_orchestrator::server::start(&args, async {
+        let _ = stopped.await;
+    })
+    .await
+    .expect("orchestrator starts");
+    let addr = running.addr;
+    tokio::spawn(running.wait());
+    // SERVING once the worker behind it is SERVING: the relay's readiness.
+    wait_serving(addr, voxwire_proto::service_names::TTS).await;
+    RelayedWorker {
+        front: RealWorker {
+            addr,
+            stop: Stopper::new(stop),
+        },
+        _back: back,
+    }
+}
+
 /// The real stt-worker on Whisper tiny.en, or `None` (skipped, outside CI)
 /// when the model is not there.
 pub async fn whisper_stt_worker() -> Option<RealWorker> {
