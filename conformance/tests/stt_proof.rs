@@ -37,6 +37,22 @@ async fn whisper_worker_conforms() {
     assert_all_pass(&report, "the Whisper stt-worker", &[]);
 }
 
+/// The orchestrator's relayed `stt.STTService` passes every case with the
+/// Whisper worker behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orchestrator_relay_conforms() {
+    let Some(back) = support::whisper_stt_worker().await else {
+        return;
+    };
+    let relay = support::orchestrator_over(back, Service::Stt).await;
+    let report = support::run_suite_with(&relay, Service::Stt, &[], WHISPER_INPUTS).await;
+    assert_all_pass(
+        &report,
+        "the orchestrator relaying to the Whisper worker",
+        &[],
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faulty_worker_without_a_fault_conforms() {
     let worker = faulty_stt::start(SttFault::None).await;

@@ -20,11 +20,20 @@ pub struct NoWorker {
     pub waited: Duration,
     pub tried: String,
     pub known: String,
+    /// Some endpoint was SERVING but had no room: the pool is full, not down.
+    pub saturated: bool,
 }
 
 impl From<NoWorker> for tonic::Status {
+    /// A full pool is RESOURCE_EXHAUSTED (the capacity rules' code, and what
+    /// a worker itself would answer); a pool with nothing SERVING is
+    /// UNAVAILABLE.
     fn from(error: NoWorker) -> Self {
-        tonic::Status::unavailable(error.to_string())
+        if error.saturated {
+            tonic::Status::resource_exhausted(error.to_string())
+        } else {
+            tonic::Status::unavailable(error.to_string())
+        }
     }
 }
 
@@ -211,6 +220,10 @@ impl Pool {
                             tried.join(", ")
                         },
                         known: self.describe(),
+                        saturated: self
+                            .snapshot()
+                            .iter()
+                            .any(|e| e.state == EndpointState::Serving),
                     })
                 }
             }

@@ -351,15 +351,23 @@ impl Worker for RelayedWorker {
 }
 
 pub async fn orchestrator_over_tone() -> RelayedWorker {
+    orchestrator_over(tone_tts_worker().await, Service::Tts).await
+}
+
+/// The orchestrator in front of `back`, a worker of the `service` kind.
+pub async fn orchestrator_over(back: RealWorker, service: Service) -> RelayedWorker {
     use clap::Parser;
-    let back = tone_tts_worker().await;
+    let (pool_flag, service_name) = match service {
+        Service::Tts => ("--tts", voxwire_proto::service_names::TTS),
+        Service::Stt => ("--stt", voxwire_proto::service_names::STT),
+    };
     let args = voxwire_orchestrator::config::Args::parse_from([
         "orchestrator",
         "--listen",
         "127.0.0.1:0",
         "--http-listen",
         "127.0.0.1:0",
-        "--tts",
+        pool_flag,
         &back.addr.to_string(),
     ]);
     let (stop, stopped) = oneshot::channel::<()>();
@@ -371,7 +379,7 @@ pub async fn orchestrator_over_tone() -> RelayedWorker {
     let addr = running.addr;
     tokio::spawn(running.wait());
     // SERVING once the worker behind it is SERVING: the relay's readiness.
-    wait_serving(addr, voxwire_proto::service_names::TTS).await;
+    wait_serving(addr, service_name).await;
     RelayedWorker {
         front: RealWorker {
             addr,
