@@ -440,8 +440,13 @@ impl TtsService for TtsServiceImpl {
             self.worker.config.max_text_chars,
             sentence_tx,
         ));
+        // Subscribed here, before the call is spawned, so a STOP sent as soon
+        // as the call is admitted is not missed.
+        let mut stops = session.stops.subscribe();
+        stops.borrow_and_update();
         let call = Call {
             worker: Arc::clone(&self.worker),
+            stops,
             session,
             session_id: first.session_id,
             out: tx,
@@ -661,6 +666,7 @@ async fn read_text(
 /// One Synthesize call: sentences in, validated frames out.
 struct Call {
     worker: Arc<TtsWorker>,
+    stops: watch::Receiver<u64>,
     session: Arc<Session>,
     session_id: String,
     out: mpsc::Sender<Result<AudioFrame, Status>>,
@@ -678,8 +684,7 @@ enum Halt {
 impl Call {
     async fn run(self, mut sentences: mpsc::Receiver<Result<String, Status>>) {
         self.session.calls.fetch_add(1, Ordering::AcqRel);
-        let mut stops = self.session.stops.subscribe();
-        stops.borrow_and_update();
+        let mut stops = self.stops.clone();
         let mut framer = Framer::new(self.session_id.clone(), FrameFormat::DEFAULT);
         let mut sender = FrameSender {
             out: self.out.clone(),

@@ -152,7 +152,17 @@ async fn stop_ends_only_its_own_session_and_the_session_stays_usable() {
         tokio::spawn(
             async move { synthesize(&mut tts_b, "b", vec![chunk("b", &long, true, 1)]).await },
         );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // STOP must reach a call that is running: wait (bounded) until both
+    // calls are in flight, as the worker reports them.
+    let mut probe = fixture.tts();
+    let started = Instant::now();
+    while metric(&mut probe, "active_streams").await < 2.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "calls did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     fixture
         .tts()
         .control(ControlRequest {
