@@ -35,3 +35,22 @@ bench:
     VOXWIRE_BENCH_VOICE=espeak cargo run --release -p voxwire-whisper --example stt_bench
     VOXWIRE_BENCH_VOICE=piper cargo run --release -p voxwire-whisper --example stt_bench
     cargo run --release -p voxwire-tts-worker --example first_frame
+
+# Offline Debian base, host-built binaries (VOXWIRE_PROFILE=dev|release); extra arguments go to
+# `compose up -d` (just up --scale tts-worker=3).
+# Start the compose stack (deploy/compose.yaml) and wait until every container is healthy.
+up *ARGS:
+    deploy/stack.sh up {{ARGS}}
+
+# Stop and remove the compose stack's containers and network.
+down:
+    deploy/stack.sh down
+
+# Health gating, conformance, round trip, scaling, a worker killed mid-session, clean down.
+# The compose stack tested for real (docs/deploy.md).
+compose-e2e:
+    scripts/compose-e2e.sh
+
+# Validate deploy/k8s/ offline against the Kubernetes schemas (kubernetes-validate from PyPI).
+validate-k8s:
+    scripts/validate-k8s.sh
