@@ -8,7 +8,8 @@ need_apt=()
 command -v espeak-ng >/dev/null || need_apt+=(espeak-ng)
 [ -e /usr/include/espeak-ng/speak_lib.h ] || need_apt+=(libespeak-ng-dev)
 command -v clang >/dev/null || need_apt+=(clang)
-ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need_apt+=(libclang-dev)
+# clang-sys needs the unversioned libclang.so of libclang-dev; clang alone brings only libclang-N.so.1.
+ls /usr/lib/llvm-*/lib/libclang.so >/dev/null 2>&1 || need_apt+=(libclang-dev)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
 command -v curl >/dev/null || need_apt+=(curl)
 # The compose stack (just up, just compose-e2e): the offline Debian base, stripped binaries.
