@@ -75,6 +75,8 @@ build() {
   log "building images"
   compose build >/tmp/voxwire-compose-build.log 2>&1 || {
     tail -n 40 /tmp/voxwire-compose-build.log >&2; return 1; }
+  # The build stage's image (sources and binaries) is left untagged; it is of no further use.
+  docker image prune -f --filter label=org.voxwire.stage=build >/dev/null
 }
 
 # Every container of the project healthy; fails naming the ones that are not.

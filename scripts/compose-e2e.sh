@@ -144,15 +144,15 @@ poll_health() {
         [ -n "$ip" ] || continue
         status=$("$voxctl" health "$ip:$port" --service "$name" 2>/dev/null) || true
         status=${status:-UNREACHABLE}
-        if [ "${last[$id]:-}" != "$status" ]; then
-          last[$id]=$status
+        if [ "${last[$svc/$id]:-}" != "$status" ]; then
+          last[$svc/$id]=$status
           printf '%s %s %s\n' "$svc" "$status" "$(awk -v a="$(now)" -v b="$t0" 'BEGIN {printf "%.2f", a - b}')"
         fi
       done
     done
     # Done once all three kinds were seen SERVING.
-    seen=$(printf '%s\n' "${!last[@]}" | while read -r id; do
-      [ "${last[$id]}" = SERVING ] && docker inspect -f '{{index .Config.Labels "com.docker.compose.service"}}' "$id"
+    seen=$(for key in "${!last[@]}"; do
+      [ "${last[$key]}" != SERVING ] || echo "${key%%/*}"
     done | sort -u | tr '\n' ' ')
     [ "$seen" = "orchestrator stt-worker tts-worker " ] && return 0
   done
@@ -230,7 +230,12 @@ session=$!
 background+=("$session")
 ok_turns() { python3 -c '
 import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+rows = []
+for line in open(sys.argv[1]):
+    try:
+        rows.append(json.loads(line))
+    except ValueError:
+        pass  # a line still being written
 t = float(sys.argv[2])
 print(sum(1 for r in rows if r["ok"] and r["t_start"] > t))' "$work/session.jsonl" "$1"; }
 ok_turns_at_least() { [ "$(ok_turns "$1")" -ge "$2" ]; } # SINCE N
@@ -256,6 +261,8 @@ wait_for 30 "a turn in flight on $victim" in_flight_on "$victim"
 docker kill "$victim_id" >/dev/null
 kill_time=$(now)
 echo "   killed $victim_name ($victim) with a turn of session e2e-kill in flight"
+tts_is_not_serving() { ! tts_is_serving "$1"; }
+wait_for 10 "the orchestrator to drop $victim from its SERVING workers" tts_is_not_serving "$victim"
 wait_for 90 "three session turns after the kill" ok_turns_at_least "$kill_time" 3
 python3 - "$work/session.jsonl" "$kill_time" <<'PY' || fail "the session did not go on after the kill"
 import json, sys
@@ -272,7 +279,6 @@ for r in bad:
     print(f'   FAILED turn {r["turn"]}: {r.get("code")}: {r.get("message")}')
 sys.exit(1 if bad or len(after) < 3 else 0)
 PY
-serving_tts | grep -qx "$victim" && fail "the orchestrator still lists $victim as SERVING"
 state=$(docker inspect -f '{{.State.Status}}' "$victim_id")
 echo "   after the kill: container $state ($(docker inspect -f 'restarts={{.RestartCount}}' "$victim_id"))"
 if [ "$state" != running ]; then
