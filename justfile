@@ -36,6 +36,21 @@ bench:
     VOXWIRE_BENCH_VOICE=piper cargo run --release -p voxwire-whisper --example stt_bench
     cargo run --release -p voxwire-tts-worker --example first_frame
 
+# A development CA with server and client certificates for TLS and mutual TLS (never for production):
+# just certs [DIR]  (default deploy/certs, git-ignored). See docs/security.md.
+certs DIR="deploy/certs":
+    cargo run --quiet -p voxctl -- certs {{DIR}}
+
+# Dependency checks: licences, banned crates, sources (deny.toml). Advisories need GitHub; run
+# `cargo deny check advisories` where it is reachable.
+deny:
+    command -v cargo-deny >/dev/null || cargo install --locked cargo-deny
+    cargo deny check licenses bans sources
+
+# Every cargo-fuzz target for FUZZ_SECONDS (default 20) each; fails on a crash.
+fuzz-smoke:
+    scripts/fuzz-smoke.sh
+
 # Offline Debian base, host-built binaries (VOXWIRE_PROFILE=dev|release); extra arguments go to
 # `compose up -d` (just up --scale tts-worker=3).
 # Start the compose stack (deploy/compose.yaml) and wait until every container is healthy.
