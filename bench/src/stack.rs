@@ -1,0 +1,177 @@
+//! Starting the system under test: TTS workers, the orchestrator in front of
+//! them, and the bare relay baseline, each its own process.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::Result;
+use crate::procs::{free_addr, Bins, Proc};
+
+/// How long a process may take to report SERVING (a Piper worker loads and
+/// warms its voice first; a debug build is slower).
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Debug, Clone)]
+pub enum Engine {
+    /// The tone engine, optionally paced at real time.
+    Tone { realtime: bool },
+    /// The real Piper voice from this directory.
+    Piper { voice: PathBuf },
+}
+
+pub struct Stack {
+    pub workers: Vec<Proc>,
+    pub orchestrator: Option<Proc>,
+    pub bare_relay: Option<Proc>,
+}
+
+impl Stack {
+    pub fn worker_addrs(&self) -> Vec<String> {
+        self.workers.iter().map(|w| w.addr.clone()).collect()
+    }
+
+    pub fn orchestrator(&self) -> Option<&Proc> {
+        self.orchestrator.as_ref()
+    }
+
+    /// Fails if any process of the stack died.
+    pub fn check_alive(&mut self) -> Result<()> {
+        for proc in self
+            .workers
+            .iter_mut()
+            .chain(self.orchestrator.iter_mut())
+            .chain(self.bare_relay.iter_mut())
+        {
+            proc.check_alive()?;
+        }
+        Ok(())
+    }
+}
+
+/// What to start.
+pub struct StackSpec {
+    pub workers: usize,
+    pub engine: Engine,
+    pub orchestrator: bool,
+    /// A bare pass-through relay in front of the first worker.
+    pub bare_relay: bool,
+}
+
+pub async fn start(spec: &StackSpec, bins: &Bins, logs: &Path, tag: &str) -> Result<Stack> {
+    let mut workers = Vec::new();
+    for i in 0..spec.workers {
+        let addr = free_addr()?;
+        let mut args = vec![
+            "--listen".to_string(),
+            addr.clone(),
+            // Capacity must not be what limits a load run.
+            "--max-sessions".into(),
+            "100000".into(),
+            "--session-idle-seconds".into(),
+            "3600".into(),
+        ];
+        match &spec.engine {
+            Engine::Tone { realtime } => {
+                args.extend(["--engine".into(), "tone".into()]);
+                if *realtime {
+                    args.push("--realtime".into());
+                }
+            }
+            Engine::Piper { voice } => {
+                args.extend([
+                    "--engine".into(),
+                    "piper".into(),
+                    "--voice".into(),
+                    voice.display().to_string(),
+                ]);
+            }
+        }
+        let name = format!("{tag}-tts-worker-{i}");
+        workers.push(Proc::spawn(
+            &bins.path("tts-worker"),
+            &name,
+            addr,
+            &args,
+            logs,
+        )?);
+    }
+    for worker in &mut workers {
+        worker.wait_serving("tts.TTSService", START_TIMEOUT).await?;
+    }
+    let targets = workers
+        .iter()
+        .map(|w| w.addr.clone())
+        .collect::<Vec<_>>()
+        .join(",");
+
+    let orchestrator = if spec.orchestrator {
+        let addr = free_addr()?;
+        let args: Vec<String> = [
+            "--listen",
+            &addr,
+            "--http-listen",
+            &free_addr()?,
+            "--tts",
+            &targets,
+            "--stt",
+            "",
+            "--session-idle-seconds",
+            "3600",
+            "--default-worker-capacity",
+            "100000",
+            "--ready-wait-ms",
+            "30000",
+            "--call-timeout-ms",
+            "30000",
+            "--first-frame-timeout-ms",
+            "60000",
+            "--frame-timeout-ms",
+            "30000",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut proc = Proc::spawn(
+            &bins.path("orchestrator"),
+            &format!("{tag}-orchestrator"),
+            addr,
+            &args,
+            logs,
+        )?;
+        proc.wait_serving("tts.TTSService", START_TIMEOUT).await?;
+        // SERVING needs one ready worker; give the monitors of the others a
+        // moment to see theirs, so load is spread from the first session.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Some(proc)
+    } else {
+        None
+    };
+
+    let bare_relay = match (spec.bare_relay, workers.first()) {
+        (true, Some(first)) => {
+            let addr = free_addr()?;
+            let args = vec![
+                "bare-relay".to_string(),
+                "--listen".into(),
+                addr.clone(),
+                "--upstream".into(),
+                first.addr.clone(),
+            ];
+            let mut proc = Proc::spawn(
+                &bins.voxbench,
+                &format!("{tag}-bare-relay"),
+                addr,
+                &args,
+                logs,
+            )?;
+            proc.wait_serving("", START_TIMEOUT).await?;
+            Some(proc)
+        }
+        _ => None,
+    };
+    Ok(Stack {
+        workers,
+        orchestrator,
+        bare_relay,
+    })
+}
