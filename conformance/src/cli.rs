@@ -96,6 +96,9 @@ pub struct RunArgs {
     /// With a command to spawn: how long it may take to report SERVING, in seconds.
     #[arg(long, env = "VOXWIRE_STARTUP_TIMEOUT", default_value_t = 120)]
     pub startup_timeout: u64,
+    /// TLS to the worker (--tls-ca, and --tls-cert/--tls-key for mutual TLS).
+    #[command(flatten)]
+    pub tls: voxwire_service::tls::ClientTlsArgs,
     /// After `--`: a command that starts the worker on --target; it is
     /// stopped after the run.
     #[arg(last = true)]
@@ -117,6 +120,8 @@ pub enum CliError {
     Json(#[from] serde_json::Error),
     #[error(transparent)]
     Regress(#[from] regress::RegressError),
+    #[error(transparent)]
+    Tls(#[from] voxwire_service::tls::TlsError),
 }
 
 fn read(path: &PathBuf) -> Result<String, CliError> {
@@ -171,6 +176,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Regress(args) => return run_regress(args).await,
     };
     let mut config = RunConfig::new(args.target.clone(), service);
+    config.tls = args.tls.load()?;
     config.run = args.run.as_deref().map(Glob::new);
     config.skip = args.skip.as_deref().map(Glob::new);
     config.cases = args.cases.max(1);

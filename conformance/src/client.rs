@@ -34,12 +34,21 @@ const STREAM_WINDOW: u32 = 64 * 1024;
 /// Connects lazily: an unreachable target fails the cases that use it, each
 /// with the transport error, rather than the run.
 pub fn channel(target: &str) -> Result<Channel, tonic::transport::Error> {
-    let uri = if target.contains("://") {
-        target.to_string()
-    } else {
-        format!("http://{target}")
-    };
-    Ok(Endpoint::from_shared(uri)?
+    channel_with(target, None)
+}
+
+/// [`channel`], over TLS when `tls` is given (`https://`).
+pub fn channel_with(
+    target: &str,
+    tls: Option<&voxwire_service::tls::ClientTls>,
+) -> Result<Channel, tonic::transport::Error> {
+    let authority = target.split_once("://").map_or(target, |(_, rest)| rest);
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut endpoint = Endpoint::from_shared(format!("{scheme}://{authority}"))?;
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls.config())?;
+    }
+    Ok(endpoint
         .connect_timeout(PROMPT)
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(16 * STREAM_WINDOW)

@@ -61,6 +61,8 @@ pub struct RunConfig {
     pub known_failing: BTreeSet<String>,
     /// Drains the target; the drain cases run last and need it.
     pub drain: Option<DrainTrigger>,
+    /// TLS to the target (`None`: plaintext).
+    pub tls: Option<voxwire_service::tls::ClientTls>,
 }
 
 impl RunConfig {
@@ -74,6 +76,7 @@ impl RunConfig {
             seed: 0,
             known_failing: BTreeSet::new(),
             drain: None,
+            tls: None,
         }
     }
 
@@ -201,9 +204,11 @@ impl Report {
 /// load metrics, and running them side by side would make each the others'
 /// noise.
 pub async fn run(config: &RunConfig) -> Result<Report, RunError> {
-    let channel = client::channel(&config.target).map_err(|source| RunError::Target {
-        target: config.target.clone(),
-        source,
+    let channel = client::channel_with(&config.target, config.tls.as_ref()).map_err(|source| {
+        RunError::Target {
+            target: config.target.clone(),
+            source,
+        }
     })?;
     let mut results = Vec::new();
     for case in config.selected() {

@@ -197,6 +197,11 @@ impl Voxwire for VoxwireApi {
     ) -> Result<Response<Self::SpeakStream>, Status> {
         let trace = TraceContext::from_metadata(request.metadata());
         let request = request.into_inner();
+        // Refused here, before a worker is involved (--max-text-chars).
+        voxwire_proto::tts_stream::check_text_limit(
+            request.text.chars().count(),
+            self.app.settings.security.max_text_chars,
+        )?;
         let id = if request.session_id.is_empty() {
             new_session_id()
         } else {

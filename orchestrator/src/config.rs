@@ -1,7 +1,12 @@
 //! Flags (each also an environment variable `VOXWIRE_<FLAG>`) and the
 //! validated settings built from them.
 
+use std::path::PathBuf;
 use std::time::Duration;
+
+use voxwire_service::credentials::{resolve_token, CredentialsError, Secret};
+use voxwire_service::limits::DEFAULT_MAX_MESSAGE_BYTES;
+use voxwire_service::tls::{ClientTls, ServerTls, ServerTlsArgs, TlsError};
 
 use crate::backoff::{Backoff, BackoffError};
 
@@ -13,6 +18,10 @@ pub enum ConfigError {
     Backoff(#[from] BackoffError),
     #[error("{0} must be more than zero")]
     Zero(&'static str),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
 }
 
 /// voxwire orchestrator: holds client sessions and dispatches each turn to a
@@ -97,6 +106,38 @@ pub struct Args {
     /// Bound on finishing in-flight turns after SIGTERM, in seconds.
     #[arg(long, env = "VOXWIRE_DRAIN_SECONDS", default_value_t = 10)]
     pub drain_seconds: u64,
+    /// TLS of the client-facing gRPC port (--tls-cert, --tls-key, --tls-client-ca).
+    #[command(flatten)]
+    pub tls: ServerTlsArgs,
+    /// Connect to workers over TLS, trusting worker certificates from this CA (PEM).
+    #[arg(long, env = "VOXWIRE_WORKER_TLS_CA")]
+    pub worker_tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) presented to workers: mutual TLS; needs --worker-tls-key.
+    #[arg(long, env = "VOXWIRE_WORKER_TLS_CERT")]
+    pub worker_tls_cert: Option<PathBuf>,
+    /// The private key of --worker-tls-cert (PEM).
+    #[arg(long, env = "VOXWIRE_WORKER_TLS_KEY")]
+    pub worker_tls_key: Option<PathBuf>,
+    /// The name worker certificates must carry (default: the address dialled).
+    #[arg(long, env = "VOXWIRE_WORKER_TLS_DOMAIN")]
+    pub worker_tls_domain: Option<String>,
+    /// Bearer token clients must send (`authorization: Bearer TOKEN`) on every
+    /// RPC but health and reflection. Prefer --auth-token-file.
+    #[arg(long, env = "VOXWIRE_AUTH_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<Secret>,
+    /// A file holding the bearer token (surrounding white space ignored).
+    #[arg(long, env = "VOXWIRE_AUTH_TOKEN_FILE")]
+    pub auth_token_file: Option<PathBuf>,
+    /// Largest gRPC message accepted, in bytes (past it: OUT_OF_RANGE).
+    #[arg(long, env = "VOXWIRE_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
+    pub max_message_bytes: usize,
+    /// Longest text of one Speak call, in characters (past it: INVALID_ARGUMENT).
+    #[arg(long, env = "VOXWIRE_MAX_TEXT_CHARS", default_value_t = 20_000)]
+    pub max_text_chars: usize,
+    /// Calls open at once from one client address (0: no limit; past it:
+    /// RESOURCE_EXHAUSTED).
+    #[arg(long, env = "VOXWIRE_MAX_SESSIONS_PER_CLIENT", default_value_t = 0)]
+    pub max_sessions_per_client: usize,
 }
 
 impl Args {
@@ -127,6 +168,16 @@ impl Args {
             max_lease_seconds: 60,
             session_idle_seconds: 300,
             drain_seconds: 2,
+            tls: ServerTlsArgs::default(),
+            worker_tls_ca: None,
+            worker_tls_cert: None,
+            worker_tls_key: None,
+            worker_tls_domain: None,
+            auth_token: None,
+            auth_token_file: None,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_text_chars: 20_000,
+            max_sessions_per_client: 0,
         }
     }
 }
@@ -178,6 +229,21 @@ pub struct EndpointSettings {
     pub call_timeout: Duration,
     pub load_poll: Duration,
     pub default_capacity: usize,
+    /// TLS to workers (mutual when it carries a client certificate).
+    pub tls: Option<ClientTls>,
+}
+
+/// Who may call, over what, and how much.
+#[derive(Debug, Clone)]
+pub struct SecuritySettings {
+    /// TLS of the client-facing port.
+    pub tls: Option<ServerTls>,
+    /// The bearer token clients must present; `None`: no token needed.
+    pub auth_token: Option<Secret>,
+    pub max_message_bytes: usize,
+    pub max_text_chars: usize,
+    /// 0: no limit.
+    pub max_sessions_per_client: usize,
 }
 
 /// What dispatching a turn needs.
@@ -201,6 +267,7 @@ pub struct Settings {
     pub max_lease: Duration,
     pub session_idle: Duration,
     pub drain: Duration,
+    pub security: SecuritySettings,
 }
 
 fn positive(ms: u64, name: &'static str) -> Result<Duration, ConfigError> {
@@ -236,6 +303,9 @@ impl Settings {
         if args.max_lease_seconds == 0 {
             return Err(ConfigError::Zero("--max-lease-seconds"));
         }
+        if args.max_message_bytes == 0 {
+            return Err(ConfigError::Zero("--max-message-bytes"));
+        }
         Ok(Settings {
             tts: parse_targets(&args.tts)?,
             stt: parse_targets(&args.stt)?,
@@ -246,6 +316,12 @@ impl Settings {
                 call_timeout: positive(args.call_timeout_ms, "--call-timeout-ms")?,
                 load_poll: positive(args.load_poll_ms, "--load-poll-ms")?,
                 default_capacity: args.default_worker_capacity,
+                tls: ClientTls::from_flags(
+                    args.worker_tls_ca.as_deref(),
+                    args.worker_tls_cert.as_deref(),
+                    args.worker_tls_key.as_deref(),
+                    args.worker_tls_domain.as_deref(),
+                )?,
             },
             dispatch: DispatchSettings {
                 retry,
@@ -261,6 +337,16 @@ impl Settings {
             max_lease: Duration::from_secs(u64::from(args.max_lease_seconds)),
             session_idle: Duration::from_secs(args.session_idle_seconds),
             drain: Duration::from_secs(args.drain_seconds),
+            security: SecuritySettings {
+                tls: args.tls.load()?,
+                auth_token: resolve_token(
+                    args.auth_token.as_ref(),
+                    args.auth_token_file.as_deref(),
+                )?,
+                max_message_bytes: args.max_message_bytes,
+                max_text_chars: args.max_text_chars,
+                max_sessions_per_client: args.max_sessions_per_client,
+            },
         })
     }
 }

@@ -336,7 +336,17 @@ impl Endpoint {
         &self,
         settings: &EndpointSettings,
     ) -> Result<Channel, tonic::transport::Error> {
-        TonicEndpoint::from_shared(format!("http://{}", self.address))?
+        // TLS (mutual when settings.tls carries a client identity) when configured.
+        let scheme = if settings.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let mut endpoint = TonicEndpoint::from_shared(format!("{scheme}://{}", self.address))?;
+        if let Some(tls) = &settings.tls {
+            endpoint = endpoint.tls_config(tls.config())?;
+        }
+        endpoint
             .connect_timeout(settings.connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))

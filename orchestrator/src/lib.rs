@@ -17,6 +17,7 @@
 
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod backoff;
 pub mod config;
 pub mod converse;

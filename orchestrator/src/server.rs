@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::task::JoinHandle;
-use tonic::transport::Server;
 use voxwire_proto::service_names;
 use voxwire_proto::stt::stt_service_server::SttServiceServer;
 use voxwire_proto::tts::tts_service_server::TtsServiceServer;
@@ -17,6 +16,7 @@ use voxwire_service::{Drain, Health, ServiceError};
 
 use crate::api::{RegistryApi, VoxwireApi};
 use crate::app::Orchestrator;
+use crate::auth::Gate;
 use crate::config::{Args, ConfigError, Settings};
 use crate::discovery;
 use crate::relay::{SttRelay, TtsRelay};
@@ -27,6 +27,8 @@ pub enum OrchestratorError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Service(#[from] ServiceError),
+    #[error(transparent)]
+    Tls(#[from] voxwire_service::tls::TlsError),
     #[error("server task failed: {0}")]
     Join(String),
 }
@@ -91,14 +93,35 @@ pub async fn start(
         health.clone(),
     )));
 
-    let router = Server::builder()
+    // Health and reflection stay open (probes carry no token); every other
+    // service passes the gate (token, calls per client).
+    let security = &settings.security;
+    let gate = Gate::from_settings(security);
+    let max = security.max_message_bytes;
+    let router = voxwire_service::tls::server_builder(security.tls.as_ref())?
         .add_service(health_service)
         .add_service(voxwire_service::reflection()?)
-        .add_service(VoxwireServer::new(VoxwireApi::new(Arc::clone(&app))))
-        .add_service(RegistryServer::new(RegistryApi::new(Arc::clone(&app))))
-        .add_service(TtsServiceServer::new(TtsRelay::new(Arc::clone(&app))))
-        .add_service(SttServiceServer::new(SttRelay::new(Arc::clone(&app))));
-    tracing::info!(%addr, %http_addr, "orchestrator listening");
+        .add_service(gate.guard(
+            VoxwireServer::new(VoxwireApi::new(Arc::clone(&app))).max_decoding_message_size(max),
+        ))
+        .add_service(gate.guard(
+            RegistryServer::new(RegistryApi::new(Arc::clone(&app))).max_decoding_message_size(max),
+        ))
+        .add_service(gate.guard(
+            TtsServiceServer::new(TtsRelay::new(Arc::clone(&app))).max_decoding_message_size(max),
+        ))
+        .add_service(gate.guard(
+            SttServiceServer::new(SttRelay::new(Arc::clone(&app))).max_decoding_message_size(max),
+        ));
+    tracing::info!(
+        %addr,
+        %http_addr,
+        tls = ?security.tls,
+        worker_tls = ?settings.endpoint.tls,
+        token_required = gate.requires_token(),
+        max_sessions_per_client = security.max_sessions_per_client,
+        "orchestrator listening"
+    );
     let task = tokio::spawn(async move {
         voxwire_service::serve(router, listener, health, drain, settings.drain, stop)
             .await

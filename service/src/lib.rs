@@ -4,6 +4,10 @@
 //! finish in-flight work within a bound, exit).
 #![forbid(unsafe_code)]
 
+pub mod credentials;
+pub mod limits;
+pub mod tls;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tonic::transport::Server;
 use voxwire_proto::service_names;
 use voxwire_proto::stt::stt_service_server::SttServiceServer;
 use voxwire_proto::stt_stream::SttLimits;
+use voxwire_service::tls::{ServerTlsArgs, TlsError};
 use voxwire_service::{Drain, Health, RunError, ServiceError};
 use voxwire_whisper::EndpointConfig;
 
@@ -55,6 +55,11 @@ pub struct Args {
     /// Bound on finishing in-flight work after SIGTERM, in seconds.
     #[arg(long, env = "VOXWIRE_DRAIN_SECONDS", default_value_t = 10)]
     pub drain_seconds: u64,
+    /// Largest gRPC message accepted, in bytes (past it: OUT_OF_RANGE).
+    #[arg(long, env = "VOXWIRE_MAX_MESSAGE_BYTES", default_value_t = voxwire_service::limits::DEFAULT_MAX_MESSAGE_BYTES)]
+    pub max_message_bytes: usize,
+    #[command(flatten)]
+    pub tls: ServerTlsArgs,
 }
 
 impl Args {
@@ -71,6 +76,8 @@ impl Args {
             endpoint_silence_ms: 500,
             partial_interval_ms: 1_000,
             drain_seconds: 5,
+            max_message_bytes: voxwire_service::limits::DEFAULT_MAX_MESSAGE_BYTES,
+            tls: ServerTlsArgs::default(),
         }
     }
 
@@ -93,6 +100,8 @@ pub enum WorkerError {
     Run(#[from] RunError<LoadError>),
     #[error("{0}")]
     Config(String),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// A worker started by [`start`].
@@ -103,6 +112,7 @@ pub async fn start(
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<RunningWorker, WorkerError> {
     let model_path = args.model_path()?;
+    let tls = args.tls.load()?;
     let (listener, addr) = voxwire_service::bind(&args.listen).await?;
     let (health, health_service) = Health::new(&[service_names::STT]).await;
     let drain = Drain::new();
@@ -124,13 +134,14 @@ pub async fn start(
         voxwire_service::serve_load_metrics(metrics_addr, "voxwire_stt", move || w.load_metrics())
             .await?;
     }
-    let router = Server::builder()
+    let router = voxwire_service::tls::server_builder(tls.as_ref())?
         .add_service(health_service)
         .add_service(voxwire_service::reflection()?)
-        .add_service(SttServiceServer::new(SttServiceImpl::new(Arc::clone(
-            &worker,
-        ))));
-    tracing::info!(%addr, model = %model_path.display(), "stt-worker listening (NOT_SERVING until the model is warm)");
+        .add_service(
+            SttServiceServer::new(SttServiceImpl::new(Arc::clone(&worker)))
+                .max_decoding_message_size(args.max_message_bytes),
+        );
+    tracing::info!(%addr, model = %model_path.display(), tls = ?tls, "stt-worker listening (NOT_SERVING until the model is warm)");
     let warm_up = {
         let worker = Arc::clone(&worker);
         async move { worker.load_and_warm_up(model_path).await }

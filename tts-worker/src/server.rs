@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tonic::transport::Server;
 use voxwire_proto::service_names;
 use voxwire_proto::tts::tts_service_server::TtsServiceServer;
+use voxwire_service::tls::{ServerTlsArgs, TlsError};
 use voxwire_service::{Drain, Health, RunError, ServiceError};
 
 use crate::engine::{piper_voice_id, Catalogue, EngineError, VoiceSource};
@@ -62,6 +62,11 @@ pub struct Args {
     /// Bound on finishing in-flight work after SIGTERM, in seconds.
     #[arg(long, env = "VOXWIRE_DRAIN_SECONDS", default_value_t = 10)]
     pub drain_seconds: u64,
+    /// Largest gRPC message accepted, in bytes (past it: OUT_OF_RANGE).
+    #[arg(long, env = "VOXWIRE_MAX_MESSAGE_BYTES", default_value_t = voxwire_service::limits::DEFAULT_MAX_MESSAGE_BYTES)]
+    pub max_message_bytes: usize,
+    #[command(flatten)]
+    pub tls: ServerTlsArgs,
     /// Close sessions unused for this long, in seconds.
     #[arg(long, env = "VOXWIRE_SESSION_IDLE_SECONDS", default_value_t = 300)]
     pub session_idle_seconds: u64,
@@ -81,6 +86,8 @@ impl Args {
             inference_slots: None,
             realtime: false,
             drain_seconds: 5,
+            max_message_bytes: voxwire_service::limits::DEFAULT_MAX_MESSAGE_BYTES,
+            tls: ServerTlsArgs::default(),
             session_idle_seconds: 300,
         }
     }
@@ -96,6 +103,8 @@ pub enum WorkerError {
     Run(#[from] RunError<EngineError>),
     #[error("{0}")]
     Config(String),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// The voices this worker offers and which one is the default.
@@ -154,6 +163,7 @@ pub async fn start(
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<RunningWorker, WorkerError> {
     let (catalogue, default_model) = catalogue(args)?;
+    let tls = args.tls.load()?;
     let (listener, addr) = voxwire_service::bind(&args.listen).await?;
     let (health, health_service) = Health::new(&[service_names::TTS]).await;
     let drain = Drain::new();
@@ -173,13 +183,14 @@ pub async fn start(
         voxwire_service::serve_load_metrics(metrics_addr, "voxwire_tts", move || w.load_metrics())
             .await?;
     }
-    let router = Server::builder()
+    let router = voxwire_service::tls::server_builder(tls.as_ref())?
         .add_service(health_service)
         .add_service(voxwire_service::reflection()?)
-        .add_service(TtsServiceServer::new(TtsServiceImpl::new(Arc::clone(
-            &worker,
-        ))));
-    tracing::info!(%addr, "tts-worker listening (NOT_SERVING until the voice is warm)");
+        .add_service(
+            TtsServiceServer::new(TtsServiceImpl::new(Arc::clone(&worker)))
+                .max_decoding_message_size(args.max_message_bytes),
+        );
+    tracing::info!(%addr, tls = ?tls, "tts-worker listening (NOT_SERVING until the voice is warm)");
 
     {
         let worker = Arc::clone(&worker);

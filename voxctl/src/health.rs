@@ -5,11 +5,20 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-use crate::{connect, ClientError};
+use crate::{connect_with, ClientError, ClientOptions};
 
 /// The status `service` reports (`""` for the whole server).
 pub async fn check(target: &str, service: &str) -> Result<ServingStatus, ClientError> {
-    let channel = connect(target).await?;
+    check_with(target, &ClientOptions::default(), service).await
+}
+
+/// [`check`] over TLS (health needs no token).
+pub async fn check_with(
+    target: &str,
+    options: &ClientOptions,
+    service: &str,
+) -> Result<ServingStatus, ClientError> {
+    let channel = connect_with(target, options).await?;
     let response = HealthClient::new(channel)
         .check(HealthCheckRequest {
             service: service.to_string(),

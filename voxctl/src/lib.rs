@@ -9,6 +9,11 @@ pub mod speak;
 pub mod transcribe;
 pub mod wav;
 
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use voxwire_service::credentials::{BearerToken, Secret};
+use voxwire_service::tls::ClientTls;
+
 /// A session id unique enough for one command run.
 pub fn fresh_session_id(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now()
@@ -18,20 +23,49 @@ pub fn fresh_session_id(prefix: &str) -> String {
     format!("{prefix}-{}-{nanos}", std::process::id())
 }
 
-/// Connects to `HOST:PORT` (or a full `http://` URI).
-pub async fn connect(target: &str) -> Result<tonic::transport::Channel, ClientError> {
-    let uri = if target.contains("://") {
-        target.to_string()
-    } else {
-        format!("http://{target}")
-    };
-    let endpoint = tonic::transport::Endpoint::from_shared(uri.clone())
+/// How to reach a server: TLS (with the CA to trust, and a client
+/// certificate for mutual TLS) and the bearer token the orchestrator asks
+/// for. The default is plaintext without a token.
+#[derive(Debug, Clone, Default)]
+pub struct ClientOptions {
+    pub tls: Option<ClientTls>,
+    pub token: Option<Secret>,
+}
+
+/// A connection that sends the options' token with every call.
+pub type Conn = InterceptedService<Channel, BearerToken>;
+
+/// Connects to `HOST:PORT` (or a URI) in plaintext, without a token.
+pub async fn connect(target: &str) -> Result<Conn, ClientError> {
+    connect_with(target, &ClientOptions::default()).await
+}
+
+/// Connects to `HOST:PORT` (or a URI) with `options`.
+pub async fn connect_with(target: &str, options: &ClientOptions) -> Result<Conn, ClientError> {
+    let endpoint = voxwire_service::tls::endpoint(target, options.tls.as_ref())
         .map_err(|e| ClientError::Target(format!("{target}: {e}")))?
         .connect_timeout(std::time::Duration::from_secs(5));
-    endpoint
+    let uri = endpoint.uri().to_string();
+    let channel = endpoint
         .connect()
         .await
-        .map_err(|e| ClientError::Connect(format!("{uri}: {e}")))
+        .map_err(|e| ClientError::Connect(format!("{uri}: {}", error_chain(&e))))?;
+    Ok(InterceptedService::new(
+        channel,
+        BearerToken::new(options.token.clone()),
+    ))
+}
+
+/// A transport error with its causes: a TLS failure is only named in them.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -4,6 +4,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use voxctl::transcribe::{Route, SendOptions};
+use voxctl::ClientOptions;
+use voxwire_service::credentials::{resolve_token, Secret};
+use voxwire_service::tls::ClientTlsArgs;
 
 /// voxwire's command line: speak, transcribe, ask a server's health.
 #[derive(Debug, Parser)]
@@ -17,6 +20,19 @@ struct Cli {
         default_value = "127.0.0.1:50051"
     )]
     orchestrator: String,
+    #[command(flatten)]
+    tls: ClientTlsArgs,
+    /// Bearer token for the orchestrator (prefer --auth-token-file).
+    #[arg(
+        long,
+        global = true,
+        env = "VOXWIRE_AUTH_TOKEN",
+        hide_env_values = true
+    )]
+    auth_token: Option<Secret>,
+    /// A file holding the bearer token.
+    #[arg(long, global = true, env = "VOXWIRE_AUTH_TOKEN_FILE")]
+    auth_token_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -49,6 +65,14 @@ enum Command {
         #[arg(long, env = "VOXWIRE_REALTIME")]
         realtime: bool,
     },
+    /// Write a development CA and certificates into DIR (ca.pem, server.pem,
+    /// server-key.pem, client.pem, client-key.pem). Never for production.
+    Certs {
+        dir: PathBuf,
+        /// Extra names (DNS or IP) the server certificate carries.
+        #[arg(long = "name")]
+        names: Vec<String>,
+    },
     /// Exit 0 iff HOST:PORT reports SERVING.
     Health {
         target: String,
@@ -61,7 +85,36 @@ enum Command {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
+    if let Command::Certs { dir, names } = &cli.command {
+        let mut all: Vec<&str> = voxwire_service::tls::DEV_SERVER_NAMES.to_vec();
+        all.extend(names.iter().map(String::as_str));
+        let pki = voxwire_service::tls::DevPki::generate("voxwire development CA", &all)?;
+        for path in pki.write_to(dir)? {
+            eprintln!("wrote {}", path.display());
+        }
+        // A bearer token for the orchestrator, kept across runs (clients hold it).
+        let token = dir.join("token");
+        if !token.exists() {
+            let secret = voxwire_service::credentials::Secret::generate()?;
+            std::fs::write(&token, format!("{}\n", secret.expose()))
+                .with_context(|| format!("writing {}", token.display()))?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600))
+                    .with_context(|| format!("restricting {}", token.display()))?;
+            }
+            eprintln!("wrote {}", token.display());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let options = ClientOptions {
+        tls: cli.tls.load().context("TLS options")?,
+        token: resolve_token(cli.auth_token.as_ref(), cli.auth_token_file.as_deref())
+            .context("auth token")?,
+    };
     match cli.command {
+        Command::Certs { .. } => Ok(ExitCode::SUCCESS),
         Command::Say {
             text,
             output,
@@ -69,8 +122,13 @@ async fn main() -> anyhow::Result<ExitCode> {
             model,
         } => {
             let spoken = match &tts {
-                Some(worker) => voxctl::speak::via_worker(worker, &text, &model).await,
-                None => voxctl::speak::via_orchestrator(&cli.orchestrator, &text, &model).await,
+                Some(worker) => {
+                    voxctl::speak::via_worker_with(worker, &options, &text, &model).await
+                }
+                None => {
+                    voxctl::speak::via_orchestrator_with(&cli.orchestrator, &options, &text, &model)
+                        .await
+                }
             }
             .context("say failed")?;
             voxctl::wav::write_pcm16(&output, spoken.sample_rate, &spoken.pcm)
@@ -98,20 +156,28 @@ async fn main() -> anyhow::Result<ExitCode> {
                 Some(worker) => (worker.as_str(), Route::Worker),
                 None => (cli.orchestrator.as_str(), Route::Orchestrator),
             };
-            let options = SendOptions { partials, realtime };
-            voxctl::transcribe::transcribe(target, route, &samples, rate, options, |event| {
-                if event.is_final {
-                    println!("{}", event.text);
-                } else {
-                    eprintln!("… {}", event.text);
-                }
-            })
+            let send = SendOptions { partials, realtime };
+            voxctl::transcribe::transcribe_with(
+                target,
+                &options,
+                route,
+                &samples,
+                rate,
+                send,
+                |event| {
+                    if event.is_final {
+                        println!("{}", event.text);
+                    } else {
+                        eprintln!("… {}", event.text);
+                    }
+                },
+            )
             .await
             .context("transcribe failed")?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Health { target, service } => {
-            let status = voxctl::health::check(&target, &service).await;
+            let status = voxctl::health::check_with(&target, &options, &service).await;
             match status {
                 Ok(status) => {
                     println!("{}", status.as_str_name());

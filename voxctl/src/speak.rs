@@ -10,7 +10,7 @@ use voxwire_proto::tts_stream::TtsStreamValidator;
 use voxwire_proto::voxwire::v1::voxwire_client::VoxwireClient;
 use voxwire_proto::voxwire::v1::SpeakRequest;
 
-use crate::{connect, fresh_session_id, ClientError};
+use crate::{connect_with, fresh_session_id, ClientError, ClientOptions};
 
 /// What came back.
 #[derive(Debug, Clone)]
@@ -36,7 +36,17 @@ pub async fn via_orchestrator(
     text: &str,
     model: &str,
 ) -> Result<Spoken, ClientError> {
-    let mut client = VoxwireClient::new(connect(target).await?);
+    via_orchestrator_with(target, &ClientOptions::default(), text, model).await
+}
+
+/// [`via_orchestrator`] with TLS and a token.
+pub async fn via_orchestrator_with(
+    target: &str,
+    options: &ClientOptions,
+    text: &str,
+    model: &str,
+) -> Result<Spoken, ClientError> {
+    let mut client = VoxwireClient::new(connect_with(target, options).await?);
     let session_id = fresh_session_id("voxctl");
     let started = Instant::now();
     let frames = client
@@ -53,7 +63,17 @@ pub async fn via_orchestrator(
 
 /// Straight to one worker's `tts.TTSService`: a session of one call.
 pub async fn via_worker(target: &str, text: &str, model: &str) -> Result<Spoken, ClientError> {
-    let mut client = TtsServiceClient::new(connect(target).await?);
+    via_worker_with(target, &ClientOptions::default(), text, model).await
+}
+
+/// [`via_worker`] with TLS (and a token, for the orchestrator's relay).
+pub async fn via_worker_with(
+    target: &str,
+    options: &ClientOptions,
+    text: &str,
+    model: &str,
+) -> Result<Spoken, ClientError> {
+    let mut client = TtsServiceClient::new(connect_with(target, options).await?);
     let session_id = fresh_session_id("voxctl");
     client
         .start_session(StartSessionRequest {

@@ -15,7 +15,7 @@ use voxwire_proto::stt::{
 use voxwire_proto::stt_stream::SttStreamValidator;
 use voxwire_proto::voxwire::v1::voxwire_client::VoxwireClient;
 
-use crate::{connect, fresh_session_id, ClientError};
+use crate::{connect_with, fresh_session_id, ClientError, ClientOptions};
 
 /// Where the audio goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,9 +40,31 @@ pub async fn transcribe(
     samples: &[i16],
     sample_rate: u32,
     options: SendOptions,
+    on_event: impl FnMut(&TranscriptEvent),
+) -> Result<Vec<TranscriptEvent>, ClientError> {
+    transcribe_with(
+        target,
+        &ClientOptions::default(),
+        route,
+        samples,
+        sample_rate,
+        options,
+        on_event,
+    )
+    .await
+}
+
+/// [`transcribe`] with TLS and a token.
+pub async fn transcribe_with(
+    target: &str,
+    client: &ClientOptions,
+    route: Route,
+    samples: &[i16],
+    sample_rate: u32,
+    options: SendOptions,
     mut on_event: impl FnMut(&TranscriptEvent),
 ) -> Result<Vec<TranscriptEvent>, ClientError> {
-    let channel = connect(target).await?;
+    let channel = connect_with(target, client).await?;
     let session_id = fresh_session_id("voxctl");
     let (tx, rx) = mpsc::channel(64);
     let end_sent = Arc::new(AtomicBool::new(false));
