@@ -66,6 +66,10 @@ pub enum EndpointState {
     Disconnected,
     /// Reconnect attempts exhausted (--connect-max-attempts).
     Failed,
+    /// Connected, but not answering in time: a load poll or a turn ran
+    /// past its deadline (a wedged or stopped process, a cut network). No
+    /// work goes there until a load poll is answered again.
+    Unresponsive,
 }
 
 impl EndpointState {
@@ -77,6 +81,7 @@ impl EndpointState {
             EndpointState::NotServing => "NOT_SERVING",
             EndpointState::Disconnected => "DISCONNECTED",
             EndpointState::Failed => "FAILED",
+            EndpointState::Unresponsive => "UNRESPONSIVE",
         }
     }
 }
@@ -106,11 +111,30 @@ impl ReportedLoad {
 
 #[derive(Debug)]
 struct Inner {
+    /// What the connection and the health service say.
     state: EndpointState,
+    /// Set when the worker let a deadline pass; hides `state` (see
+    /// [`EndpointState::Unresponsive`]) until it answers again.
+    unresponsive: bool,
     channel: Option<Channel>,
     load: ReportedLoad,
     last_change: SystemTime,
     health_probe: bool,
+}
+
+impl Inner {
+    /// The state selection and operators see: a worker that let a deadline
+    /// pass is UNRESPONSIVE while connected, whatever its health last said.
+    fn effective(&self) -> EndpointState {
+        match self.state {
+            EndpointState::Serving | EndpointState::NotServing | EndpointState::Connected
+                if self.unresponsive =>
+            {
+                EndpointState::Unresponsive
+            }
+            state => state,
+        }
+    }
 }
 
 /// Shared by the pool (selection), dispatch (the channel) and the monitor task.
@@ -159,6 +183,7 @@ impl Endpoint {
             kind,
             inner: Mutex::new(Inner {
                 state: EndpointState::Connecting,
+                unresponsive: false,
                 channel: None,
                 load: ReportedLoad::default(),
                 last_change: SystemTime::now(),
@@ -173,7 +198,7 @@ impl Endpoint {
     }
 
     pub fn state(&self) -> EndpointState {
-        lock(&self.inner).state
+        lock(&self.inner).effective()
     }
 
     pub fn channel(&self) -> Option<Channel> {
@@ -217,7 +242,7 @@ impl Endpoint {
             .max_sessions
             .map_or(self.default_capacity, |m| m as usize)
             .max(1);
-        inner.state == EndpointState::Serving
+        inner.effective() == EndpointState::Serving
             && inner.channel.is_some()
             && (bound || inner.load.load.is_none_or(|load| load < 1.0))
             && self.in_flight() < capacity
@@ -258,7 +283,7 @@ impl Endpoint {
         EndpointSnapshot {
             address: self.address.clone(),
             kind: self.kind,
-            state: inner.state,
+            state: inner.effective(),
             in_flight: self.in_flight(),
             dispatched: self.dispatched(),
             reported_load: inner.load.clone(),
@@ -271,17 +296,39 @@ impl Endpoint {
     }
 
     fn set_state(&self, state: EndpointState) {
-        let from = {
+        self.update(|inner| inner.state = state, "");
+    }
+
+    /// The worker let a deadline pass (`why`): no work goes there until it
+    /// answers a load poll again. A stopped process keeps its connection and
+    /// its last health status, so neither would ever say so.
+    pub fn mark_unresponsive(&self, why: &str) {
+        self.update(|inner| inner.unresponsive = true, why);
+    }
+
+    /// The worker answered: its health status counts again.
+    fn mark_responsive(&self) {
+        self.update(|inner| inner.unresponsive = false, "");
+    }
+
+    /// Applies `change`, and reports a change of the effective state.
+    fn update(&self, change: impl FnOnce(&mut Inner), why: &str) {
+        let (from, state) = {
             let mut inner = lock(&self.inner);
-            if inner.state == state {
+            let from = inner.effective();
+            change(&mut inner);
+            let state = inner.effective();
+            if from == state {
                 return;
             }
-            let from = inner.state;
-            inner.state = state;
             inner.last_change = SystemTime::now();
-            from
+            (from, state)
         };
-        tracing::info!(endpoint = %self.address, kind = self.kind.as_str(), from = from.as_str(), to = state.as_str(), "worker state");
+        if state == EndpointState::Unresponsive {
+            tracing::warn!(endpoint = %self.address, kind = self.kind.as_str(), from = from.as_str(), %why, "worker unresponsive");
+        } else {
+            tracing::info!(endpoint = %self.address, kind = self.kind.as_str(), from = from.as_str(), to = state.as_str(), "worker state");
+        }
         self.metrics.inc(
             metrics::HEALTH_TRANSITIONS,
             &[("kind", self.kind.as_str()), ("to", state.as_str())],
@@ -311,6 +358,9 @@ impl Endpoint {
             match self.connect(&settings).await {
                 Ok(channel) => {
                     failures = 0;
+                    // A new connection starts trusted; the first load poll
+                    // (before any health status) tells at once if it is not.
+                    self.mark_responsive();
                     self.set_channel(Some(channel.clone()));
                     self.set_state(EndpointState::Connected);
                     let reason = self.follow(channel, &settings).await;
@@ -435,6 +485,7 @@ impl Endpoint {
                 Err(status) if status.code() == Code::Unavailable => {
                     return format!("capabilities probe: {status}")
                 }
+                Err(status) if status.code() == Code::DeadlineExceeded => {}
                 Err(status) => {
                     tracing::debug!(endpoint = %self.address, %status, "capabilities probe failed");
                     self.set_state(EndpointState::NotServing);
@@ -448,26 +499,41 @@ impl Endpoint {
         channel: &Channel,
         settings: &EndpointSettings,
     ) -> Result<(), Status> {
-        let metrics = match self.kind {
+        let answer = match self.kind {
             Kind::Tts => {
                 let mut request = Request::new(tts::GetCapabilitiesRequest {});
                 request.set_timeout(settings.call_timeout);
                 tts::tts_service_client::TtsServiceClient::new(channel.clone())
                     .get_capabilities(request)
-                    .await?
-                    .into_inner()
-                    .metrics
+                    .await
+                    .map(|r| r.into_inner().metrics)
             }
             Kind::Stt => {
                 let mut request = Request::new(stt::GetCapabilitiesRequest {});
                 request.set_timeout(settings.call_timeout);
                 stt::stt_service_client::SttServiceClient::new(channel.clone())
                     .get_capabilities(request)
-                    .await?
-                    .into_inner()
-                    .metrics
+                    .await
+                    .map(|r| r.into_inner().metrics)
             }
         };
+        // Any answer, even an error status, shows the process is alive; only
+        // silence past the deadline makes it unresponsive.
+        let metrics = match answer {
+            Ok(metrics) => metrics,
+            Err(status) => {
+                match status.code() {
+                    Code::DeadlineExceeded => self.mark_unresponsive(&format!(
+                        "no answer to GetCapabilities within {:?}",
+                        settings.call_timeout
+                    )),
+                    Code::Unavailable | Code::Cancelled | Code::Unknown => {}
+                    _ => self.mark_responsive(),
+                }
+                return Err(status);
+            }
+        };
+        self.mark_responsive();
         self.set_load(ReportedLoad::from_metrics(&metrics));
         Ok(())
     }

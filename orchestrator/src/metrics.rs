@@ -41,6 +41,7 @@ type Labels = Vec<(&'static str, String)>;
 pub struct Metrics {
     counters: Mutex<BTreeMap<(&'static str, Labels), u64>>,
     histograms: Mutex<BTreeMap<(&'static str, Labels), Histogram>>,
+    gauges: Mutex<BTreeMap<(&'static str, Labels), i64>>,
     active_sessions: AtomicI64,
 }
 
@@ -53,6 +54,11 @@ pub const FIRST_AUDIO: &str = "voxwire_orchestrator_first_audio_seconds";
 pub const FRAME_JITTER: &str = "voxwire_orchestrator_inter_frame_jitter_seconds";
 pub const INTERRUPT: &str = "voxwire_orchestrator_interrupt_to_silence_seconds";
 pub const ACTIVE_SESSIONS: &str = "voxwire_orchestrator_active_sessions";
+/// Turns being dispatched or relayed right now, by kind: back to its value
+/// before a fault once the fault is over, or something leaked.
+pub const TURNS_IN_FLIGHT: &str = "voxwire_orchestrator_turns_in_flight";
+/// Tasks alive on the runtime (tokio's own count): a task leak shows here.
+pub const ALIVE_TASKS: &str = "voxwire_orchestrator_tokio_alive_tasks";
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic elsewhere while holding the lock leaves counts that are still usable.
@@ -96,6 +102,28 @@ impl Metrics {
             .filter(|((n, _), _)| *n == name)
             .map(|(_, h)| h.count)
             .sum()
+    }
+
+    /// Adds `delta` to a gauge.
+    pub fn gauge_add(&self, name: &'static str, labels: &[(&'static str, &str)], delta: i64) {
+        *lock(&self.gauges).entry((name, own(labels))).or_default() += delta;
+    }
+
+    pub fn gauge(&self, name: &'static str, labels: &[(&'static str, &str)]) -> i64 {
+        lock(&self.gauges)
+            .get(&(name, own(labels)))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Counts one turn of `kind` in flight until the guard is dropped,
+    /// whatever way the turn ends (error, cancellation, client gone).
+    pub fn turn_in_flight(self: &std::sync::Arc<Self>, kind: &'static str) -> InFlightTurn {
+        self.gauge_add(TURNS_IN_FLIGHT, &[("kind", kind)], 1);
+        InFlightTurn {
+            metrics: std::sync::Arc::clone(self),
+            kind,
+        }
     }
 
     pub fn session_opened(&self) {
@@ -148,6 +176,18 @@ impl Metrics {
                 hist.count
             );
         }
+        last = "";
+        for ((name, labels), value) in lock(&self.gauges).iter() {
+            if *name != last {
+                let _ = writeln!(out, "# TYPE {name} gauge");
+                last = name;
+            }
+            let _ = writeln!(out, "{name}{} {value}", render_labels(labels, None));
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let _ = writeln!(out, "# TYPE {ALIVE_TASKS} gauge");
+            let _ = writeln!(out, "{ALIVE_TASKS} {}", runtime.metrics().num_alive_tasks());
+        }
         let _ = writeln!(out, "# TYPE {ACTIVE_SESSIONS} gauge");
         let _ = writeln!(
             out,
@@ -155,6 +195,19 @@ impl Metrics {
             self.active_sessions.load(Ordering::Relaxed)
         );
         out
+    }
+}
+
+/// See [`Metrics::turn_in_flight`].
+pub struct InFlightTurn {
+    metrics: std::sync::Arc<Metrics>,
+    kind: &'static str,
+}
+
+impl Drop for InFlightTurn {
+    fn drop(&mut self) {
+        self.metrics
+            .gauge_add(TURNS_IN_FLIGHT, &[("kind", self.kind)], -1);
     }
 }
 
@@ -205,5 +258,16 @@ mod tests {
             "voxwire_orchestrator_first_audio_seconds_bucket{kind=\"tts\",le=\"0.025\"} 0"
         ));
         assert_eq!(metrics.counter_total(VIOLATIONS), 2);
+    }
+
+    #[test]
+    fn turn_gauge_returns_when_the_guard_drops() {
+        let metrics = std::sync::Arc::new(Metrics::default());
+        let turn = metrics.turn_in_flight("tts");
+        assert!(metrics
+            .render()
+            .contains("voxwire_orchestrator_turns_in_flight{kind=\"tts\"} 1"));
+        drop(turn);
+        assert_eq!(metrics.gauge(TURNS_IN_FLIGHT, &[("kind", "tts")]), 0);
     }
 }

@@ -16,7 +16,7 @@ use voxwire_proto::stt_stream::SttStreamValidator;
 use crate::config::DispatchSettings;
 use crate::metrics::{self, Metrics};
 use crate::pool::{Lease, Pool};
-use crate::retry::{code_label, is_retryable};
+use crate::retry::{code_label, is_retryable, lost_worker_as_unavailable};
 use crate::trace::TraceContext;
 
 pub struct SttDispatcher {
@@ -64,6 +64,7 @@ impl SttDispatcher {
             replay: Some(Vec::new()),
             out,
         };
+        let _in_flight = self.metrics.turn_in_flight("stt");
         let mut tried = Vec::new();
         let mut attempt = 0u32;
         let result = loop {
@@ -85,6 +86,10 @@ impl SttDispatcher {
             {
                 Ok(()) => break Ok(()),
                 Err(status) => {
+                    let status = lost_worker_as_unavailable(status);
+                    if status.code() == tonic::Code::DeadlineExceeded {
+                        lease.endpoint.mark_unresponsive(status.message());
+                    }
                     let retry = relay.replay.is_some()
                         && is_retryable(status.code())
                         && self.settings.retry.allows_after(attempt);
@@ -181,8 +186,14 @@ impl SttDispatcher {
                         sender = None;
                     }
                 },
-                event = events.message() => {
-                    let event = match event? {
+                event = next_event(&mut events, relay.input_done, self.settings.first_frame_timeout) => {
+                    let event = match event.map_err(|status| {
+                        if status.code() == tonic::Code::DeadlineExceeded {
+                            Status::deadline_exceeded(format!("worker {address}: {}", status.message()))
+                        } else {
+                            status
+                        }
+                    })? {
                         Some(event) => event,
                         None => {
                             return validator.finish().map_err(|v| self.violation(address, &v));
@@ -209,5 +220,25 @@ impl SttDispatcher {
             .inc(metrics::VIOLATIONS, &[("rule", violation.rule.id())]);
         tracing::error!(endpoint = %address, rule = violation.rule.id(), %violation, "worker broke the protocol");
         Status::internal(format!("worker {address} broke the protocol: {violation}"))
+    }
+}
+
+/// The worker's next event. While audio is still coming the worker may
+/// rightly stay silent (no speech yet); once the audio has ended, each event
+/// (the last finals) must come within `deadline`, or a wedged worker would
+/// hold the stream until the whole-call timeout.
+async fn next_event(
+    events: &mut tonic::Streaming<TranscriptEvent>,
+    input_done: bool,
+    deadline: std::time::Duration,
+) -> Result<Option<TranscriptEvent>, Status> {
+    if !input_done {
+        return events.message().await;
+    }
+    match tokio::time::timeout(deadline, events.message()).await {
+        Ok(result) => result,
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "no transcript event within {deadline:?} after the end of audio"
+        ))),
     }
 }

@@ -17,7 +17,7 @@ use voxwire_proto::tts_stream::TtsStreamValidator;
 use crate::config::DispatchSettings;
 use crate::metrics::{self, Metrics};
 use crate::pool::{Lease, Pool};
-use crate::retry::{code_label, is_retryable};
+use crate::retry::{code_label, is_retryable, lost_worker_as_unavailable};
 use crate::trace::TraceContext;
 
 /// The client session's presence on a worker.
@@ -122,7 +122,7 @@ struct AttemptError {
 impl From<Status> for AttemptError {
     fn from(status: Status) -> Self {
         AttemptError {
-            status,
+            status: lost_worker_as_unavailable(status),
             forwarded: 0,
         }
     }
@@ -172,6 +172,7 @@ impl TtsDispatcher {
         out: &mpsc::Sender<AudioFrame>,
     ) -> Result<TurnStats, Status> {
         let started = Instant::now();
+        let _in_flight = self.metrics.turn_in_flight("tts");
         let mut tried: Vec<String> = Vec::new();
         let mut attempt = 0u32;
         let result = loop {
@@ -204,6 +205,11 @@ impl TtsDispatcher {
                 }
                 Err(error) => {
                     let code = error.status.code();
+                    if code == Code::DeadlineExceeded {
+                        // Silence past a deadline: maybe wedged. Keep later
+                        // turns away until it answers a load poll again.
+                        lease.endpoint.mark_unresponsive(error.status.message());
+                    }
                     let retry = error.forwarded == 0
                         && is_retryable(code)
                         && self.settings.retry.allows_after(attempt);
@@ -307,6 +313,23 @@ impl TtsDispatcher {
         }
     }
 
+    /// EndSession on a worker the session left, without waiting for it.
+    fn end_in_background(&self, address: &str, session_id: &str) {
+        let Some(channel) = self.pool.endpoint(address).and_then(|e| e.channel()) else {
+            return;
+        };
+        let mut request = Request::new(EndSessionRequest {
+            session_id: session_id.to_string(),
+        });
+        request.set_timeout(self.settings.call_timeout);
+        let address = address.to_string();
+        tokio::spawn(async move {
+            if let Err(status) = TtsServiceClient::new(channel).end_session(request).await {
+                tracing::debug!(endpoint = %address, %status, "EndSession failed");
+            }
+        });
+    }
+
     /// Makes sure the session is open on the lease's worker: StartSession
     /// when the session moves (ending it on the previous worker). True when
     /// it was opened just now.
@@ -321,7 +344,10 @@ impl TtsDispatcher {
             return Ok(false);
         }
         if let Some(previous) = binding.set_endpoint(None) {
-            self.end_on(&previous, &binding.session_id).await;
+            // In the background: the session is moving because that worker
+            // failed, and a wedged worker would hold this turn for the whole
+            // EndSession deadline.
+            self.end_in_background(&previous, &binding.session_id);
         }
         let mut client = TtsServiceClient::new(lease.channel.clone());
         let start = || {
@@ -379,7 +405,10 @@ impl TtsDispatcher {
         let mut forwarded = 0u64;
         let mut last_audio: Option<Instant> = None;
         loop {
-            let fail = |status: Status| AttemptError { status, forwarded };
+            let fail = |status: Status| AttemptError {
+                status: lost_worker_as_unavailable(status),
+                forwarded,
+            };
             // Frame deadlines run once the input is complete: until then the
             // worker may rightly be waiting for more text.
             let wait = match (feed.complete(), forwarded) {
