@@ -219,6 +219,15 @@ pub async fn bind(addr: &str) -> Result<(TcpListener, SocketAddr), ServiceError>
     Ok((listener, local))
 }
 
+/// The connections `listener` accepts, with TCP_NODELAY set. Serving a
+/// pre-bound listener skips the server builder's own TCP_NODELAY; without
+/// it, Nagle holds each small frame back until the previous one is
+/// acknowledged, which bunched real-time audio relayed by the orchestrator
+/// into bursts (client jitter p95 of 20-27 ms at one session, found by voxbench).
+pub fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
 /// Serves `router` on `listener` until `stop` resolves, then drains: NOT_SERVING,
 /// new work refused by [`Drain::admit`], in-flight work given `drain_bound`
 /// to finish. Open streams that never end on their own (health Watch) do not
@@ -247,7 +256,7 @@ pub async fn serve(
             let _ = drained_tx.send(());
         }
     };
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = incoming(listener);
     let server = router.serve_with_incoming_shutdown(incoming, drainer);
     tokio::pin!(server);
     tokio::select! {
@@ -411,6 +420,20 @@ mod tests {
         assert_eq!(left, 0);
         assert!(drain.admit().is_none());
         releaser.await.expect("releaser");
+    }
+
+    #[tokio::test]
+    async fn accepted_connections_have_nodelay_so_nagle_does_not_bunch_frames() {
+        use tokio_stream::StreamExt;
+        let (listener, addr) = bind("127.0.0.1:0").await.expect("bind");
+        let mut accepted = incoming(listener);
+        let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let stream = accepted
+            .next()
+            .await
+            .expect("a connection")
+            .expect("accepted");
+        assert!(stream.nodelay().expect("nodelay readable"));
     }
 
     #[tokio::test]
