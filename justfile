@@ -27,14 +27,24 @@ conformance TARGET KIND="tts":
 regress:
     VOXWIRE_REGRESS_UPDATE=1 cargo test -p voxwire-conformance --test regress -- tone_worker_matches_the_golden
 
-# Engine benchmarks: Piper real-time factor (1 and 2 threads), Whisper WER / RTF / latency on espeak-ng and Piper speech,
-# TTS first frame over gRPC; JSON in target/bench/.
+# Benchmarks (docs/benchmarks.md), release build, under 15 minutes: the engine examples (Piper real-time factor at 1 and
+# 2 threads, Whisper WER / RTF / end-of-utterance latency on espeak-ng and Piper speech), then voxbench (relay overhead
+# vs direct at 1 to 2,000 sessions, throughput vs a bare relay, first audio with the real voice, barge-in), which reads
+# the engines' JSON into target/bench/summary.{json,md} and draws target/bench/latency.png.
 bench:
+    cargo build --release --bin voxbench --bin tts-worker --bin orchestrator
     RAYON_NUM_THREADS=1 cargo run --release -p voxwire-piper --example piper_rtf
+    cp "${CARGO_TARGET_DIR:-target}/bench/piper_rtf.json" "${CARGO_TARGET_DIR:-target}/bench/piper_rtf_1t.json"
     RAYON_NUM_THREADS=2 cargo run --release -p voxwire-piper --example piper_rtf
+    cp "${CARGO_TARGET_DIR:-target}/bench/piper_rtf.json" "${CARGO_TARGET_DIR:-target}/bench/piper_rtf_2t.json"
     VOXWIRE_BENCH_VOICE=espeak cargo run --release -p voxwire-whisper --example stt_bench
     VOXWIRE_BENCH_VOICE=piper cargo run --release -p voxwire-whisper --example stt_bench
-    cargo run --release -p voxwire-tts-worker --example first_frame
+    "${CARGO_TARGET_DIR:-target}/release/voxbench"
+
+# The short benchmark CI runs so it cannot rot (dev build, under 2 minutes): voxbench --quick.
+bench-quick:
+    cargo build --bin voxbench --bin tts-worker --bin orchestrator
+    "${CARGO_TARGET_DIR:-target}/debug/voxbench" --quick
 
 # A development CA with server and client certificates for TLS and mutual TLS (never for production):
 # just certs [DIR]  (default deploy/certs, git-ignored). See docs/security.md.
