@@ -51,3 +51,8 @@ echo "say:        $text"
 echo -n "transcribe: "
 "$bin/voxctl" --orchestrator "$ORCH" transcribe "$out/hello.wav"
 echo "audio in $out/hello.wav; logs in $out/; took $(( $(date +%s) - started )) s"
+# VOXWIRE_DEMO_STAY=1 keeps the stack up for the web console (Ctrl-C stops it).
+if [ "${VOXWIRE_DEMO_STAY:-}" = 1 ]; then
+  echo "web console: http://$HTTP/ (Ctrl-C stops the stack)"
+  wait
+fi

@@ -15,7 +15,7 @@ use voxwire_proto::tts::{AudioFrame, TextChunk};
 use voxwire_proto::voxwire::v1::registry_server::Registry;
 use voxwire_proto::voxwire::v1::voxwire_server::Voxwire;
 use voxwire_proto::voxwire::v1::{
-    converse_request, ConverseEvent, ConverseRequest, RegisterRequest, RegisterResponse,
+    ConverseEvent, ConverseRequest, RegisterRequest, RegisterResponse,
     SpeakRequest,
 };
 
@@ -241,44 +241,8 @@ impl Voxwire for VoxwireApi {
         request: Request<Streaming<ConverseRequest>>,
     ) -> Result<Response<Self::ConverseStream>, Status> {
         let trace = TraceContext::from_metadata(request.metadata());
-        let mut input = request.into_inner();
-        let Some(converse_request::Request::Config(config)) =
-            input.message().await?.and_then(|r| r.request)
-        else {
-            return Err(Status::invalid_argument(
-                "the first ConverseRequest carries config",
-            ));
-        };
-        let id = if config.session_id.is_empty() {
-            new_session_id()
-        } else {
-            validate_session_id(&config.session_id)?;
-            config.session_id.clone()
-        };
-        let admitted = self.app.admit()?;
-        let session = self
-            .app
-            .sessions
-            .create(&id, &config.model_id, Default::default())
-            .map_err(|_| {
-                Status::already_exists(format!("session {id:?} is already in a conversation"))
-            })?;
-        session.pin();
-        let (tx, rx) = mpsc::channel(64);
-        let span = tracing::info_span!("session", session = %id, trace_id = %trace.trace_id);
-        tokio::spawn(
-            converse::run(
-                Arc::clone(&self.app),
-                session,
-                config,
-                input,
-                trace,
-                tx,
-                admitted,
-            )
-            .instrument(span),
-        );
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let opened = converse::open(Arc::clone(&self.app), request.into_inner(), trace).await?;
+        Ok(Response::new(Box::pin(opened.events)))
     }
 }
 

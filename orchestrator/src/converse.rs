@@ -2,6 +2,10 @@
 //! audio relayed to an STT worker, barge-in, and the session's state changes
 //! reported as events. One task owns the client's output, so after an
 //! interrupt no frame of the cancelled turn can slip out.
+//!
+//! The core takes any stream of requests, so the gRPC `Converse` handler and
+//! the web console's WebSocket ([`crate::web`]) drive the same sessions,
+//! turns and barge-in: [`open`] is the one way in.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -9,8 +13,11 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tonic::{Status, Streaming};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::Status;
 use tracing::Instrument;
+use voxwire_proto::session::validate_session_id;
 use voxwire_proto::stt::{
     recognize_request, AudioChunk, RecognitionConfig, RecognizeRequest, TranscriptEvent,
 };
@@ -24,7 +31,7 @@ use voxwire_service::InFlight;
 
 use crate::app::Orchestrator;
 use crate::metrics;
-use crate::sessions::ClientSession;
+use crate::sessions::{new_session_id, ClientSession};
 use crate::trace::TraceContext;
 use crate::tts_dispatch::TurnStats;
 
@@ -71,16 +78,64 @@ async fn next_event(turn: &mut Option<ListenTurn>) -> Option<TranscriptEvent> {
     }
 }
 
+/// A conversation that was opened: its session id and its events.
+pub struct Opened {
+    pub session_id: String,
+    pub events: ReceiverStream<Result<ConverseEvent, Status>>,
+}
+
+/// Opens a conversation on `input`, whose first request must carry the
+/// config: validates it, admits the work, creates and pins the session, and
+/// runs the conversation in its own task until the client ends it.
+pub async fn open<S>(
+    app: Arc<Orchestrator>,
+    mut input: S,
+    trace: TraceContext,
+) -> Result<Opened, Status>
+where
+    S: Stream<Item = Result<ConverseRequest, Status>> + Send + Unpin + 'static,
+{
+    let first = input.next().await.transpose()?;
+    let Some(converse_request::Request::Config(config)) = first.and_then(|r| r.request) else {
+        return Err(Status::invalid_argument(
+            "the first ConverseRequest carries config",
+        ));
+    };
+    let id = if config.session_id.is_empty() {
+        new_session_id()
+    } else {
+        validate_session_id(&config.session_id)?;
+        config.session_id.clone()
+    };
+    let admitted = app.admit()?;
+    let session = app
+        .sessions
+        .create(&id, &config.model_id, Default::default())
+        .map_err(|_| {
+            Status::already_exists(format!("session {id:?} is already in a conversation"))
+        })?;
+    session.pin();
+    let (tx, rx) = mpsc::channel(64);
+    let span = tracing::info_span!("session", session = %id, trace_id = %trace.trace_id);
+    tokio::spawn(run(app, session, config, input, trace, tx, admitted).instrument(span));
+    Ok(Opened {
+        session_id: id,
+        events: ReceiverStream::new(rx),
+    })
+}
+
 /// Runs the conversation until the client ends it and all work is done.
-pub async fn run(
+async fn run<S>(
     app: Arc<Orchestrator>,
     session: Arc<ClientSession>,
     config: ConverseConfig,
-    mut input: Streaming<ConverseRequest>,
+    mut input: S,
     trace: TraceContext,
     out: EventSender,
     _admitted: InFlight,
-) {
+) where
+    S: Stream<Item = Result<ConverseRequest, Status>> + Send + Unpin + 'static,
+{
     let mut conversation = Conversation {
         app: Arc::clone(&app),
         session: Arc::clone(&session),
@@ -105,19 +160,19 @@ pub async fn run(
                 return Ok(());
             }
             tokio::select! {
-                request = input.message(), if !client_done => match request {
-                    Ok(Some(request)) => {
+                request = input.next(), if !client_done => match request {
+                    Some(Ok(request)) => {
                         conversation
                             .handle(request, &mut speaking, &mut listening, &mut pending)
                             .await?;
                     }
-                    Ok(None) => {
+                    None => {
                         client_done = true;
                         if let Some(turn) = listening.as_mut() {
                             conversation.end_audio(turn).await?;
                         }
                     }
-                    Err(status) => {
+                    Some(Err(status)) => {
                         tracing::debug!(%status, "client stream broke");
                         return Err(Gone);
                     }

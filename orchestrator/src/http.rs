@@ -1,4 +1,6 @@
-//! The HTTP side port: /metrics, /healthz, /readyz and GET /api/workers.
+//! The HTTP side port: /metrics, /healthz, /readyz, GET /api/workers and
+//! the web console ([`crate::web`]: the page at `/`, `/ws`,
+//! `/api/workers/events`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,8 +15,11 @@ use tokio::net::TcpListener;
 use crate::app::Orchestrator;
 use crate::endpoint::EndpointSnapshot;
 
+/// Every route of the side port is assembled here, so a layer added here
+/// (authentication, say) covers all of them.
 pub fn router(app: Arc<Orchestrator>) -> Router {
     Router::new()
+        .merge(crate::web::routes())
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -41,12 +46,7 @@ async fn readyz(State(app): State<Arc<Orchestrator>>) -> impl IntoResponse {
 }
 
 async fn workers(State(app): State<Arc<Orchestrator>>) -> Json<Vec<EndpointSnapshot>> {
-    Json(
-        app.pools()
-            .iter()
-            .flat_map(|pool| pool.snapshot())
-            .collect(),
-    )
+    Json(crate::web::workers(&app))
 }
 
 /// Serves the side port on `listener` until the process ends.

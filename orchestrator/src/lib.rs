@@ -11,7 +11,8 @@
 //! - [`tts_dispatch`], [`stt_dispatch`]: one turn against the pools;
 //! - [`state`], [`sessions`]: the session state machine and table;
 //! - [`api`], [`converse`], [`relay`]: the gRPC services;
-//! - [`http`]: the side port; [`server`]: start-up and drain;
+//! - [`http`]: the side port; [`web`]: the web console on it;
+//!   [`server`]: start-up and drain;
 //! - [`telemetry`]: logging and OTLP span export.
 #![forbid(unsafe_code)]
 
@@ -35,3 +36,4 @@ pub mod stt_dispatch;
 pub mod telemetry;
 pub mod trace;
 pub mod tts_dispatch;
+pub mod web;
