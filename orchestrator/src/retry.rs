@@ -1,7 +1,7 @@
 //! Which failures a turn may retry: only those that say "try again, maybe
 //! elsewhere" and only before the client saw any output.
 
-use tonic::Code;
+use tonic::{Code, Status};
 
 /// UNAVAILABLE (worker down or draining), RESOURCE_EXHAUSTED (worker full)
 /// and DEADLINE_EXCEEDED (worker too slow to start). Everything else
@@ -12,6 +12,18 @@ pub fn is_retryable(code: Code) -> bool {
         code,
         Code::Unavailable | Code::ResourceExhausted | Code::DeadlineExceeded
     )
+}
+
+/// A worker that went away during a call (process killed, connection reset)
+/// surfaces as UNKNOWN carrying the transport error, not as a status the
+/// worker sent (those come from trailers and carry no source). That is the
+/// worker being unavailable, so it is reported, and retried, as UNAVAILABLE.
+pub fn lost_worker_as_unavailable(status: Status) -> Status {
+    if status.code() == Code::Unknown && std::error::Error::source(&status).is_some() {
+        Status::unavailable(status.message().to_string())
+    } else {
+        status
+    }
 }
 
 /// The label a code gets in metrics.
@@ -46,5 +58,31 @@ mod tests {
         ] {
             assert!(!is_retryable(code), "{code:?}");
         }
+    }
+
+    /// The error tonic gives when a worker's connection dies mid-call.
+    #[derive(Debug)]
+    struct ConnectionLost;
+    impl std::fmt::Display for ConnectionLost {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("error reading a body from connection")
+        }
+    }
+    impl std::error::Error for ConnectionLost {}
+
+    #[test]
+    fn worker_killed_before_first_frame_is_unavailable_not_unknown() {
+        let lost = Status::from_error(Box::new(ConnectionLost));
+        assert_eq!(lost.code(), Code::Unknown, "tonic's view: {lost:?}");
+        let mapped = lost_worker_as_unavailable(lost);
+        assert_eq!(mapped.code(), Code::Unavailable);
+        assert!(is_retryable(mapped.code()));
+        assert!(mapped.message().contains("error reading a body"));
+
+        // UNKNOWN sent by the worker itself is its answer: not retried.
+        let sent = lost_worker_as_unavailable(Status::unknown("the worker says so"));
+        assert_eq!(sent.code(), Code::Unknown);
+        let other = lost_worker_as_unavailable(Status::invalid_argument("bad"));
+        assert_eq!(other.code(), Code::InvalidArgument);
     }
 }

@@ -204,6 +204,57 @@ async fn worker_killed_mid_stream_fails_the_turn_and_the_next_goes_elsewhere() {
     assert_eq!(survivor.active_sessions(), 1.0);
 }
 
+/// Regression: a worker killed before its first frame reached the client
+/// (connection reset mid-call) surfaced as UNKNOWN "h2 protocol error", which
+/// is not retried, so the turn failed although another worker was SERVING
+/// (found by scripts/compose-e2e.sh, `docker kill` of a TTS container).
+#[tokio::test]
+async fn worker_killed_before_the_first_frame_is_retried_elsewhere() {
+    let stalled = FakeTts::new(Mode::Stall);
+    let doomed = fake_tts(stalled.clone(), true).await;
+    let proxy = Proxy::start(doomed.addr).await;
+    let orch = orchestrator(tts_args(&[proxy.address()])).await;
+    orch.wait_ready().await;
+    let mut client = orch.voxwire();
+    let turn = tokio::spawn(async move { speak(&mut client, "victim", "Hello there.").await });
+    tokio::time::timeout(WAIT, async {
+        while stalled.streams_polled() == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the turn reached the stalled worker");
+
+    // Only now a second worker, so the first attempt surely went to the doomed one.
+    let survivor = tone_worker(WorkerArgs::tone_for_tests()).await;
+    RegistryClient::new(orch.channel.clone())
+        .register(RegisterRequest {
+            kind: "tts".into(),
+            address: survivor.address(),
+            lease_seconds: 30,
+        })
+        .await
+        .expect("register");
+    let survivor_address = survivor.address();
+    orch.wait_tts("survivor serving", |all| {
+        state_of(all, &survivor_address) == Some(EndpointState::Serving)
+    })
+    .await;
+    proxy.kill();
+
+    let spoken = turn.await.expect("turn task");
+    assert!(
+        spoken.error.is_none(),
+        "no frame had reached the client: retried elsewhere, not failed: {:?}",
+        spoken.error
+    );
+    assert!(spoken.frames.last().is_some_and(|f| f.is_final));
+    assert_eq!(
+        dispatched(&orch.tts_pool().snapshot(), &survivor_address),
+        1
+    );
+}
+
 #[tokio::test]
 async fn not_serving_worker_gets_no_work() {
     let tone = tone_worker(WorkerArgs::tone_for_tests()).await;

@@ -284,6 +284,9 @@ pub enum Mode {
     EmptyNonFinalOnce,
     /// Data frames, then the stream ends without a final frame.
     NoFinal,
+    /// Answers, then never sends a frame (a worker still computing); the
+    /// response body being polled is counted in `streams_polled`.
+    Stall,
 }
 
 #[derive(Clone)]
@@ -291,6 +294,7 @@ pub struct FakeTts {
     pub mode: Mode,
     pub synth_calls: Arc<AtomicUsize>,
     pub start_calls: Arc<AtomicUsize>,
+    pub streams_polled: Arc<AtomicUsize>,
     pub load: f64,
 }
 
@@ -300,6 +304,7 @@ impl FakeTts {
             mode,
             synth_calls: Arc::new(AtomicUsize::new(0)),
             start_calls: Arc::new(AtomicUsize::new(0)),
+            streams_polled: Arc::new(AtomicUsize::new(0)),
             load: 0.0,
         }
     }
@@ -310,6 +315,10 @@ impl FakeTts {
 
     pub fn start_calls(&self) -> usize {
         self.start_calls.load(Ordering::SeqCst)
+    }
+
+    pub fn streams_polled(&self) -> usize {
+        self.streams_polled.load(Ordering::SeqCst)
     }
 }
 
@@ -378,6 +387,15 @@ impl TtsService for FakeTts {
                 let mut frames = valid_frames(&session);
                 frames.pop();
                 frames
+            }
+            Mode::Stall => {
+                let polled = self.streams_polled.clone();
+                return Ok(Response::new(Box::pin(futures_util::stream::poll_fn(
+                    move |_| {
+                        polled.fetch_add(1, Ordering::SeqCst);
+                        std::task::Poll::Pending
+                    },
+                ))));
             }
         };
         Ok(Response::new(Box::pin(tokio_stream::iter(
