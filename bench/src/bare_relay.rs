@@ -25,14 +25,20 @@ impl TtsService for BareRelay {
         &self,
         request: Request<StartSessionRequest>,
     ) -> std::result::Result<Response<StartSessionResponse>, Status> {
-        self.upstream.clone().start_session(request.into_inner()).await
+        self.upstream
+            .clone()
+            .start_session(request.into_inner())
+            .await
     }
 
     async fn end_session(
         &self,
         request: Request<EndSessionRequest>,
     ) -> std::result::Result<Response<EndSessionResponse>, Status> {
-        self.upstream.clone().end_session(request.into_inner()).await
+        self.upstream
+            .clone()
+            .end_session(request.into_inner())
+            .await
     }
 
     type SynthesizeStream = Streaming<AudioFrame>;
@@ -57,7 +63,10 @@ impl TtsService for BareRelay {
         &self,
         request: Request<ListModelsRequest>,
     ) -> std::result::Result<Response<ListModelsResponse>, Status> {
-        self.upstream.clone().list_models(request.into_inner()).await
+        self.upstream
+            .clone()
+            .list_models(request.into_inner())
+            .await
     }
 
     async fn load_model(
@@ -71,7 +80,10 @@ impl TtsService for BareRelay {
         &self,
         request: Request<UnloadModelRequest>,
     ) -> std::result::Result<Response<UnloadModelResponse>, Status> {
-        self.upstream.clone().unload_model(request.into_inner()).await
+        self.upstream
+            .clone()
+            .unload_model(request.into_inner())
+            .await
     }
 
     async fn get_capabilities(

@@ -67,10 +67,7 @@ pub async fn run(config: &BargeConfig, bins: &Bins, logs: &Path) -> Result<Barge
         }),
     )
     .await?;
-    let mut events = client
-        .converse(ReceiverStream::new(rx))
-        .await?
-        .into_inner();
+    let mut events = client.converse(ReceiverStream::new(rx)).await?.into_inner();
     let text = tone_text(10.0);
     let (mut silence, mut ack, mut server, mut after) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -145,7 +142,10 @@ pub async fn run(config: &BargeConfig, bins: &Bins, logs: &Path) -> Result<Barge
     Ok(result)
 }
 
-async fn send(tx: &mpsc::Sender<ConverseRequest>, request: converse_request::Request) -> Result<()> {
+async fn send(
+    tx: &mpsc::Sender<ConverseRequest>,
+    request: converse_request::Request,
+) -> Result<()> {
     tx.send(ConverseRequest {
         request: Some(request),
     })

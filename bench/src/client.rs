@@ -20,7 +20,10 @@ pub async fn connect(addr: &str) -> Result<Channel> {
 /// `per_addr` connections to each address, interleaved (a, b, a, b...), so
 /// that session `i` on client `i % len` spreads sessions evenly over the
 /// addresses.
-pub async fn tts_clients(addrs: &[String], per_addr: usize) -> Result<Vec<TtsServiceClient<Channel>>> {
+pub async fn tts_clients(
+    addrs: &[String],
+    per_addr: usize,
+) -> Result<Vec<TtsServiceClient<Channel>>> {
     let mut clients = Vec::new();
     for _ in 0..per_addr.max(1) {
         for addr in addrs {

@@ -144,7 +144,10 @@ pub async fn run(args: &RunArgs) -> Result<report::Summary> {
             sessions_per_connection: 250,
             max_connections: 8,
         };
-        println!("relay overhead: levels {:?}, {} workers", config.levels, config.workers);
+        println!(
+            "relay overhead: levels {:?}, {} workers",
+            config.levels, config.workers
+        );
         match relay::run(&config, &bins, &logs).await {
             Ok(levels) => {
                 report::write_section(&out, "relay.json", &machine, &revision, &levels)?;
@@ -191,7 +194,10 @@ pub async fn run(args: &RunArgs) -> Result<report::Summary> {
                 long_runs: if quick { 2 } else { 8 },
                 pause: Duration::from_millis(700),
             };
-            println!("first audio with the real voice ({})", config.voice.display());
+            println!(
+                "first audio with the real voice ({})",
+                config.voice.display()
+            );
             match voice::run(&config, &bins, &logs).await {
                 Ok(result) => {
                     report::write_section(&out, "first_audio.json", &machine, &revision, &result)?;
@@ -244,7 +250,11 @@ pub async fn run(args: &RunArgs) -> Result<report::Summary> {
         machine,
         git_revision: revision,
         started_utc,
-        build_profile: if cfg!(debug_assertions) { "debug" } else { "release" },
+        build_profile: if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
         quick,
         wall_seconds: started.elapsed().as_secs_f64(),
         relay: relay_results,

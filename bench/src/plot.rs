@@ -57,19 +57,44 @@ pub fn latency(summary: &Summary, path: &Path) -> Result<()> {
     let max_x = levels.iter().map(|l| l.sessions).max().unwrap_or(1) as f64 * 1.5;
 
     let first_frame: [(&str, RGBColor, bool, Pick); 6] = [
-        ("direct p50", RGBColor(120, 160, 220), true, |l| l.direct.first_frame_ms.p50),
-        ("direct p95", RGBColor(60, 110, 200), true, |l| l.direct.first_frame_ms.p95),
-        ("direct p99", RGBColor(20, 50, 150), true, |l| l.direct.first_frame_ms.p99),
-        ("orchestrator p50", RGBColor(240, 150, 120), false, |l| l.orchestrator.first_frame_ms.p50),
-        ("orchestrator p95", RGBColor(220, 80, 50), false, |l| l.orchestrator.first_frame_ms.p95),
-        ("orchestrator p99", RGBColor(150, 20, 10), false, |l| l.orchestrator.first_frame_ms.p99),
+        ("direct p50", RGBColor(120, 160, 220), true, |l| {
+            l.direct.first_frame_ms.p50
+        }),
+        ("direct p95", RGBColor(60, 110, 200), true, |l| {
+            l.direct.first_frame_ms.p95
+        }),
+        ("direct p99", RGBColor(20, 50, 150), true, |l| {
+            l.direct.first_frame_ms.p99
+        }),
+        ("orchestrator p50", RGBColor(240, 150, 120), false, |l| {
+            l.orchestrator.first_frame_ms.p50
+        }),
+        ("orchestrator p95", RGBColor(220, 80, 50), false, |l| {
+            l.orchestrator.first_frame_ms.p95
+        }),
+        ("orchestrator p99", RGBColor(150, 20, 10), false, |l| {
+            l.orchestrator.first_frame_ms.p99
+        }),
     ];
     let added: [(&str, RGBColor, bool, Pick); 5] = [
-        ("added p50", RGBColor(240, 150, 120), false, |l| l.added_first_frame_ms.p50),
-        ("added p95", RGBColor(220, 80, 50), false, |l| l.added_first_frame_ms.p95),
-        ("added p99", RGBColor(150, 20, 10), false, |l| l.added_first_frame_ms.p99),
-        ("jitter p95 direct", RGBColor(60, 160, 90), true, |l| l.direct.jitter_ms.p95),
-        ("jitter p95 orchestrator", RGBColor(20, 110, 40), false, |l| l.orchestrator.jitter_ms.p95),
+        ("added p50", RGBColor(240, 150, 120), false, |l| {
+            l.added_first_frame_ms.p50
+        }),
+        ("added p95", RGBColor(220, 80, 50), false, |l| {
+            l.added_first_frame_ms.p95
+        }),
+        ("added p99", RGBColor(150, 20, 10), false, |l| {
+            l.added_first_frame_ms.p99
+        }),
+        ("jitter p95 direct", RGBColor(60, 160, 90), true, |l| {
+            l.direct.jitter_ms.p95
+        }),
+        (
+            "jitter p95 orchestrator",
+            RGBColor(20, 110, 40),
+            false,
+            |l| l.orchestrator.jitter_ms.p95,
+        ),
     ];
     draw_panel(
         &panels[0],
@@ -94,7 +119,11 @@ pub fn latency(summary: &Summary, path: &Path) -> Result<()> {
         summary.machine.line()
     );
     footer
-        .draw_text(&caption, &("sans-serif", 15).into_font().color(&BLACK), (12, 12))
+        .draw_text(
+            &caption,
+            &("sans-serif", 15).into_font().color(&BLACK),
+            (12, 12),
+        )
         .map_err(plot_err)?;
     root.present().map_err(plot_err)?;
     Ok(())
@@ -127,6 +156,7 @@ where
     chart
         .configure_mesh()
         .x_desc("concurrent sessions (log scale)")
+        .x_label_formatter(&|x| format!("{x:.0}"))
         .y_desc("ms")
         .label_style(("sans-serif", 14))
         .axis_desc_style(("sans-serif", 15))
@@ -148,7 +178,9 @@ where
         drawn
             .map_err(plot_err)?
             .label(*label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 22, y)], color.stroke_width(2))
+            });
         chart
             .draw_series(points.iter().map(|p| Circle::new(*p, 3, color.filled())))
             .map_err(plot_err)?;

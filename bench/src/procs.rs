@@ -68,7 +68,8 @@ impl Proc {
     ) -> Result<Proc> {
         std::fs::create_dir_all(log_dir).map_err(io(format!("creating {}", log_dir.display())))?;
         let log_path = log_dir.join(format!("{name}.log"));
-        let log = File::create(&log_path).map_err(io(format!("creating {}", log_path.display())))?;
+        let log =
+            File::create(&log_path).map_err(io(format!("creating {}", log_path.display())))?;
         let child = Command::new(program)
             .args(args)
             .env("RUST_LOG", "warn")

@@ -191,7 +191,9 @@ async fn calibrate(stack: &Stack, text: &str) -> Result<u64> {
         .await?;
     let outcome = speak(client, "calibrate".into(), text.into(), Instant::now()).await;
     if let Some(error) = outcome.error {
-        return Err(BenchError::Setup(format!("calibration call failed: {error}")));
+        return Err(BenchError::Setup(format!(
+            "calibration call failed: {error}"
+        )));
     }
     if !outcome.final_seen || outcome.sequence_errors > 0 {
         return Err(BenchError::Setup(

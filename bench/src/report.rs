@@ -96,7 +96,12 @@ pub fn goals(
         ),
         None => goal(
             "2,000 real-time streams through the orchestrator",
-            match relay.iter().filter(|l| streams_ok(l)).map(|l| l.sessions).max() {
+            match relay
+                .iter()
+                .filter(|l| streams_ok(l))
+                .map(|l| l.sessions)
+                .max()
+            {
                 Some(n) => format!("N=2000 not in this run (largest clean level: {n})"),
                 None => "N=2000 not in this run".into(),
             },
@@ -114,7 +119,12 @@ pub fn goals(
             ">= 0.8",
             Some(t.ratio >= 0.8),
         ),
-        None => goal("relay throughput, orchestrator / bare relay", "skipped".into(), ">= 0.8", None),
+        None => goal(
+            "relay throughput, orchestrator / bare relay",
+            "skipped".into(),
+            ">= 0.8",
+            None,
+        ),
     });
     goals.push(match relay.iter().max_by_key(|l| l.sessions) {
         Some(l) => {
@@ -126,7 +136,12 @@ pub fn goals(
                 Some(bytes < 32.0 * 1024.0),
             )
         }
-        None => goal("orchestrator memory per idle session", "skipped".into(), "< 32 KiB", None),
+        None => goal(
+            "orchestrator memory per idle session",
+            "skipped".into(),
+            "< 32 KiB",
+            None,
+        ),
     });
     for (figure, limit, pick) in [
         (
@@ -157,7 +172,12 @@ pub fn goals(
             "< 50 ms",
             Some(b.interrupt_to_silence_ms.p95 < 50.0 && b.frames_after_ack == 0),
         ),
-        None => goal("barge-in, interrupt to silence, p95", "skipped".into(), "< 50 ms", None),
+        None => goal(
+            "barge-in, interrupt to silence, p95",
+            "skipped".into(),
+            "< 50 ms",
+            None,
+        ),
     });
     goals
 }
@@ -243,9 +263,16 @@ pub fn markdown(s: &Summary) -> String {
         s.started_utc,
         s.wall_seconds
     );
-    let _ = writeln!(md, "## Goals\n\n| figure | measured | goal | verdict |\n|---|---|---|---|");
+    let _ = writeln!(
+        md,
+        "## Goals\n\n| figure | measured | goal | verdict |\n|---|---|---|---|"
+    );
     for g in &s.goals {
-        let _ = writeln!(md, "| {} | {} | {} | {} |", g.figure, g.measured, g.goal, g.verdict);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} |",
+            g.figure, g.measured, g.goal, g.verdict
+        );
     }
     if !s.relay.is_empty() {
         let _ = writeln!(
@@ -304,11 +331,19 @@ pub fn markdown(s: &Summary) -> String {
             "\n## First audio, real voice\n\n\
              | text | runs | straight to the worker p50 / p95 (ms) | through the orchestrator p50 / p95 (ms) |\n|---|---|---|---|"
         );
-        for (name, c) in [("one sentence", &v.one_sentence), ("5,000 characters", &v.long_text)] {
+        for (name, c) in [
+            ("one sentence", &v.one_sentence),
+            ("5,000 characters", &v.long_text),
+        ] {
             let _ = writeln!(
                 md,
                 "| {name} ({} chars) | {} | {:.1} / {:.1} | {:.1} / {:.1} |",
-                c.chars, c.runs, c.direct_ms.p50, c.direct_ms.p95, c.orchestrator_ms.p50, c.orchestrator_ms.p95
+                c.chars,
+                c.runs,
+                c.direct_ms.p50,
+                c.direct_ms.p95,
+                c.orchestrator_ms.p50,
+                c.orchestrator_ms.p95
             );
         }
     }
@@ -343,7 +378,11 @@ pub fn markdown(s: &Summary) -> String {
                 let _ = writeln!(
                     md,
                     "| Piper RTF, {} thread(s), mean / best | {} / {} | {} ({}) |",
-                    v["threads"], f(&v["rtf_mean"], 3), f(&v["rtf_best"], 3), v["file"].as_str().unwrap_or("?"), v["written_utc"].as_str().unwrap_or("?")
+                    v["threads"],
+                    f(&v["rtf_mean"], 3),
+                    f(&v["rtf_best"], 3),
+                    v["file"].as_str().unwrap_or("?"),
+                    v["written_utc"].as_str().unwrap_or("?")
                 );
             } else {
                 let _ = writeln!(
@@ -371,7 +410,13 @@ pub fn markdown(s: &Summary) -> String {
 }
 
 /// Writes `value` with the machine and revision beside it.
-pub fn write_section(dir: &Path, name: &str, machine: &Machine, revision: &str, value: &impl Serialize) -> Result<()> {
+pub fn write_section(
+    dir: &Path,
+    name: &str,
+    machine: &Machine,
+    revision: &str,
+    value: &impl Serialize,
+) -> Result<()> {
     let doc = json!({
         "machine": machine,
         "git_revision": revision,

@@ -76,13 +76,15 @@ pub async fn run(config: &VoiceConfig, bins: &Bins, logs: &Path) -> Result<Voice
     };
     let mut stack = stack::start(&spec, bins, logs, "voice").await?;
     let worker = TtsServiceClient::new(connect(&stack.worker_addrs()[0]).await?);
-    let orchestrator = VoxwireClient::new(connect(
-        &stack
-            .orchestrator()
-            .ok_or_else(|| BenchError::Setup("no orchestrator".into()))?
-            .addr,
-    )
-    .await?);
+    let orchestrator = VoxwireClient::new(
+        connect(
+            &stack
+                .orchestrator()
+                .ok_or_else(|| BenchError::Setup("no orchestrator".into()))?
+                .addr,
+        )
+        .await?,
+    );
     worker
         .clone()
         .start_session(StartSessionRequest {
@@ -124,8 +126,12 @@ pub async fn run(config: &VoiceConfig, bins: &Bins, logs: &Path) -> Result<Voice
             added_ms: through.minus(&direct),
         });
     }
-    let long_text = cases.pop().ok_or_else(|| BenchError::Setup("no case".into()))?;
-    let one_sentence = cases.pop().ok_or_else(|| BenchError::Setup("no case".into()))?;
+    let long_text = cases
+        .pop()
+        .ok_or_else(|| BenchError::Setup("no case".into()))?;
+    let one_sentence = cases
+        .pop()
+        .ok_or_else(|| BenchError::Setup("no case".into()))?;
     Ok(VoiceResult {
         voice: config.voice.display().to_string(),
         one_sentence,
