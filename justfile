@@ -79,3 +79,9 @@ compose-e2e:
 # Validate deploy/k8s/ offline against the Kubernetes schemas (kubernetes-validate from PyPI).
 validate-k8s:
     scripts/validate-k8s.sh
+
+# Load and soak (docs/operations.md): 1,000 concurrent sessions x 100 messages through the orchestrator to unpaced
+# tone workers; zero failed turns, zero lost or reordered frames, orchestrator RSS at the end within 10% of after
+# warm-up. Report in target/bench/soak.json. Options pass through, e.g. `just soak --sessions 100 --messages 10`.
+soak *ARGS:
+    cargo run -p voxwire-reliability --bin voxsoak -- {{ARGS}}

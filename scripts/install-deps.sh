@@ -20,6 +20,9 @@ command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
 # The compose stack (just up, just compose-e2e): the offline Debian base, stripped binaries.
 [ -x /usr/sbin/debootstrap ] || command -v debootstrap >/dev/null || need_apt+=(debootstrap)
 command -v objcopy >/dev/null || need_apt+=(binutils)
+# The reliability tests: network namespaces and veth links (ip), signals to services (kill).
+command -v ip >/dev/null || need_apt+=(iproute2)
+command -v kill >/dev/null || need_apt+=(procps)
 if [ ${#need_apt[@]} -gt 0 ]; then
   sudo_cmd=""
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"

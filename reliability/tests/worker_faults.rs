@@ -95,7 +95,9 @@ async fn used_again(orchestrator: &Orchestrator, address: &str) {
     for _ in 0..12 {
         let channel = orchestrator.channel().await.expect("connect");
         tasks.push(tokio::spawn(async move {
-            client::speak(channel, &client::session_id("again"), SHORT).await
+            let mut session = TtsSession::open(channel, &client::session_id("again")).await?;
+            session.synthesize(SHORT).await?;
+            session.close().await
         }));
     }
     for task in tasks {
@@ -263,26 +265,37 @@ async fn a_flapping_worker_never_fails_a_turn() {
         }
         health.set_serving(true).await;
     });
-    let mut sessions = Vec::new();
+    // Fresh sessions, so every turn is a new choice between the two, for as
+    // long as the flapping lasts.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
     for i in 0..6 {
         let channel = orchestrator.channel().await.expect("connect");
-        sessions.push(tokio::spawn(async move {
-            let mut session = TtsSession::open(channel, &client::session_id(&format!("flap{i}")))
-                .await
-                .expect("StartSession");
-            for _ in 0..8 {
+        let done = std::sync::Arc::clone(&done);
+        clients.push(tokio::spawn(async move {
+            let mut turns = 0;
+            while !done.load(std::sync::atomic::Ordering::Acquire) {
+                let id = client::session_id(&format!("flap{i}"));
+                let mut session = TtsSession::open(channel.clone(), &id)
+                    .await
+                    .expect("StartSession while the worker flaps");
                 session
                     .synthesize(SHORT)
                     .await
                     .expect("turn completes while the worker flaps");
+                session.close().await.expect("EndSession");
+                turns += 1;
             }
-            session.close().await.expect("EndSession");
+            turns
         }));
     }
-    for session in sessions {
-        session.await.expect("session task");
-    }
     flapping.await.expect("flapping task");
+    done.store(true, std::sync::atomic::Ordering::Release);
+    let mut turns = 0;
+    for client in clients {
+        turns += client.await.expect("client task");
+    }
+    eprintln!("{turns} turns while flapping, {} on the flapping worker", flapper.calls());
     let metrics = orchestrator.metrics().await.expect("metrics");
     let flips = voxwire_reliability::http::sum(
         &metrics,
