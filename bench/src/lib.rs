@@ -151,6 +151,24 @@ pub async fn run(args: &RunArgs) -> Result<report::Summary> {
         match relay::run(&config, &bins, &logs).await {
             Ok(levels) => {
                 report::write_section(&out, "relay.json", &machine, &revision, &levels)?;
+                // Loss, gaps and errors at CI's light load are bugs, not slowness.
+                if quick {
+                    for l in &levels {
+                        for r in [&l.direct, &l.orchestrator] {
+                            let errors = r.open_errors + r.call_errors;
+                            if r.frames_lost > 0 || r.sequence_errors > 0 || errors > 0 {
+                                failed.push(format!(
+                                    "relay at N={} ({:?}): {} frames lost, {} sequence errors, {errors} errors (first: {})",
+                                    l.sessions,
+                                    r.mode,
+                                    r.frames_lost,
+                                    r.sequence_errors,
+                                    r.first_error.as_deref().unwrap_or("none")
+                                ));
+                            }
+                        }
+                    }
+                }
                 relay_results = levels;
             }
             Err(e) => failed.push(format!("relay overhead: {e}")),
@@ -228,6 +246,12 @@ pub async fn run(args: &RunArgs) -> Result<report::Summary> {
         match bargein::run(&config, &bins, &logs).await {
             Ok(result) => {
                 report::write_section(&out, "barge_in.json", &machine, &revision, &result)?;
+                if result.frames_after_ack > 0 {
+                    failed.push(format!(
+                        "barge-in: {} audio frames of interrupted turns after their Interrupted event",
+                        result.frames_after_ack
+                    ));
+                }
                 barge_result = Some(result);
             }
             Err(e) => failed.push(format!("barge-in: {e}")),
