@@ -9,7 +9,9 @@ use prost::Message;
 use voxwire_proto::audio::{decode_pcm16, FrameFormat};
 use voxwire_proto::session::validate_session_id;
 use voxwire_proto::tts_stream::check_text_limit;
-use voxwire_proto::voxwire::v1::{converse_request, ConverseRequest, RegisterRequest, SpeakRequest};
+use voxwire_proto::voxwire::v1::{
+    converse_request, ConverseRequest, RegisterRequest, SpeakRequest,
+};
 
 mod common;
 

@@ -308,13 +308,35 @@ impl http_body::Body for Held {
 /// the `authorization` header or the `access_token` query parameter, and,
 /// when the request carries an `Origin` (browsers always do), an origin
 /// whose host is the one the page was served from or one of
-/// `allowed_origins`. Layer it on the routes to protect:
-/// `route.layer(axum::middleware::from_fn_with_state(guard, auth::http_guard))`.
+/// `allowed_origins`. [`guard_console`] layers it on the side port.
 #[derive(Debug, Clone)]
 pub struct HttpGuard {
     pub gate: Arc<Gate>,
     /// Extra origins allowed, e.g. `https://console.example.com`.
     pub allowed_origins: Vec<String>,
+    /// The paths guarded; others pass untouched (the console's static page
+    /// holds nothing secret, its WebSocket runs turns).
+    pub paths: &'static [&'static str],
+}
+
+/// The paths of the side port that run turns: guarded by the token when one is set.
+pub const CONSOLE_PATHS: &[&str] = &["/ws"];
+
+/// `router` with [`http_guard`] on [`CONSOLE_PATHS`] when `security` asks
+/// for a token; unchanged otherwise.
+pub fn guard_console<S: Clone + Send + Sync + 'static>(
+    router: axum::Router<S>,
+    security: &SecuritySettings,
+) -> axum::Router<S> {
+    if security.auth_token.is_none() {
+        return router;
+    }
+    let guard = HttpGuard {
+        gate: Gate::new(security.auth_token.clone(), 0),
+        allowed_origins: Vec::new(),
+        paths: CONSOLE_PATHS,
+    };
+    router.layer(axum::middleware::from_fn_with_state(guard, http_guard))
 }
 
 pub async fn http_guard(
@@ -323,6 +345,9 @@ pub async fn http_guard(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
+    if !guard.paths.contains(&request.uri().path()) {
+        return next.run(request).await;
+    }
     if let Err(reason) = check_origin(&request, &guard.allowed_origins) {
         tracing::warn!(reason, "HTTP request refused: origin");
         return (http::StatusCode::FORBIDDEN, reason).into_response();

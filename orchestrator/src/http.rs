@@ -19,7 +19,10 @@ use crate::endpoint::EndpointSnapshot;
 /// (authentication, say) covers all of them.
 pub fn router(app: Arc<Orchestrator>) -> Router {
     Router::new()
-        .merge(crate::web::routes())
+        .merge(crate::auth::guard_console(
+            crate::web::routes(),
+            &app.settings.security,
+        ))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))

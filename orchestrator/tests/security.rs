@@ -491,3 +491,70 @@ async fn without_tls_or_a_token_nothing_changes() {
     let (_, speak) = &results[0];
     assert!(speak.is_ok(), "plaintext Speak without a token: {speak:?}");
 }
+
+/// A minimal HTTP/1.1 GET on the side port: the status code.
+async fn http_status(addr: std::net::SocketAddr, path: &str, extra: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("http connect");
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut response)).await;
+    let text = String::from_utf8_lossy(&response);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_websocket_needs_the_token_and_the_page_does_not() {
+    captured();
+    let orch = orchestrator(Args {
+        auth_token: Some(Secret::new(TOKEN).expect("token")),
+        ..Args::for_tests()
+    })
+    .await;
+    let http = orch.running.http_addr;
+    assert_eq!(http_status(http, "/ws", "").await, 401, "no token");
+    assert_eq!(
+        http_status(http, &format!("/ws?access_token={WRONG_TOKEN}"), "").await,
+        403,
+        "wrong token"
+    );
+    assert_eq!(
+        http_status(
+            http,
+            "/ws",
+            &format!("Authorization: Bearer {WRONG_TOKEN}\r\n")
+        )
+        .await,
+        403,
+        "wrong bearer header"
+    );
+    assert_eq!(
+        http_status(
+            http,
+            &format!("/ws?access_token={TOKEN}"),
+            "Origin: https://evil.example\r\n"
+        )
+        .await,
+        403,
+        "cross-origin"
+    );
+    // With the token the request reaches the WebSocket handler (which wants
+    // an upgrade this plain GET does not ask for).
+    let with_token = http_status(http, &format!("/ws?access_token={TOKEN}"), "").await;
+    assert!(
+        ![0, 401, 403].contains(&with_token),
+        "with the token: {with_token}"
+    );
+    assert_eq!(
+        http_status(http, "/healthz", "").await,
+        200,
+        "probes stay open"
+    );
+}
