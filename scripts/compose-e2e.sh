@@ -178,10 +178,10 @@ tts_ip=$(ip_of "$(containers tts-worker | head -n1)")
 stt_ip=$(ip_of "$(containers stt-worker | head -n1)")
 "$conformance" tts --target "$tts_ip:50061" --junit "$work/conformance-tts.xml" >"$work/conformance-tts.log" 2>&1 \
   || { tail -n 40 "$work/conformance-tts.log" >&2; fail "conformance tts"; }
-tail -n 2 "$work/conformance-tts.log" | sed 's/^/   tts: /'
+tail -n 1 "$work/conformance-tts.log" | sed 's/^/   tts: /'
 "$conformance" stt --target "$stt_ip:50071" --junit "$work/conformance-stt.xml" >"$work/conformance-stt.log" 2>&1 \
   || { tail -n 40 "$work/conformance-stt.log" >&2; fail "conformance stt"; }
-tail -n 2 "$work/conformance-stt.log" | sed 's/^/   stt: /'
+tail -n 1 "$work/conformance-stt.log" | sed 's/^/   stt: /'
 
 step "3. voxctl say / transcribe through the containerized orchestrator"
 # Fraction of EXPECTED's words found in HEARD (case and punctuation ignored).
