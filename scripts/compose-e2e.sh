@@ -15,6 +15,9 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 started=$(date +%s)
 
+# voxctl reads these too: set in the caller's shell they would send its turns past the
+# orchestrator under test.
+unset VOXWIRE_TTS VOXWIRE_STT VOXWIRE_ORCHESTRATOR VOXWIRE_SERVICE VOXWIRE_MODEL
 export VOXWIRE_PROJECT=${VOXWIRE_PROJECT:-voxwire-e2e}
 export VOXWIRE_PROFILE=${VOXWIRE_PROFILE:-dev}
 export VOXWIRE_BINARIES=${VOXWIRE_BINARIES:-prebuilt}
