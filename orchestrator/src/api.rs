@@ -15,8 +15,7 @@ use voxwire_proto::tts::{AudioFrame, TextChunk};
 use voxwire_proto::voxwire::v1::registry_server::Registry;
 use voxwire_proto::voxwire::v1::voxwire_server::Voxwire;
 use voxwire_proto::voxwire::v1::{
-    ConverseEvent, ConverseRequest, RegisterRequest, RegisterResponse,
-    SpeakRequest,
+    ConverseEvent, ConverseRequest, RegisterRequest, RegisterResponse, SpeakRequest,
 };
 
 use crate::app::Orchestrator;
