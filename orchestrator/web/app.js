@@ -65,6 +65,7 @@ function setAlert(key, text, level = "error") {
 function turnError(turn, status, message) {
   const text = `turn ${turn} failed: ${status}: ${message}`;
   stats.errors.push(text);
+  if (stats.errors.length > 50) stats.errors.shift();
   setAlert(`turn-${turn}`, text);
   const entry = turns.get(turn);
   if (entry && entry.line) entry.line.querySelector(".meta").textContent = status;
@@ -80,7 +81,8 @@ function setConnection(state, text) {
 
 function send(message) {
   if (ws && ws.readyState === WebSocket.OPEN) {
-    ws.send(typeof message === "string" ? message : JSON.stringify(message));
+    const binary = message instanceof ArrayBuffer;
+    ws.send(binary || typeof message === "string" ? message : JSON.stringify(message));
     return true;
   }
   return false;
@@ -89,7 +91,11 @@ function send(message) {
 function connect() {
   setConnection("connecting", "connecting…");
   const scheme = location.protocol === "https:" ? "wss" : "ws";
-  const socket = new WebSocket(`${scheme}://${location.host}/ws`);
+  // With --auth-token set, open the page as /?access_token=TOKEN: the
+  // socket carries it on (a browser cannot set headers on a WebSocket).
+  const token = new URLSearchParams(location.search).get("access_token");
+  const query = token ? `?access_token=${encodeURIComponent(token)}` : "";
+  const socket = new WebSocket(`${scheme}://${location.host}/ws${query}`);
   socket.binaryType = "arraybuffer";
   ws = socket;
   socket.onopen = () => {
@@ -150,10 +156,16 @@ function onJson(msg) {
     case "error":
       turnError(msg.turn, msg.status, msg.message);
       break;
-    case "interrupted":
+    case "interrupted": {
       stats.lastServerInterruptMs = msg.interrupt_to_silence_us / 1000;
       showInterrupt();
+      const entry = turns.get(msg.turn);
+      if (entry) {
+        entry.line.classList.add("interrupted");
+        entry.line.querySelector(".meta").textContent += " · interrupted";
+      }
       break;
+    }
     case "ended":
       if (msg.status !== "OK") {
         stats.errors.push(`${msg.status}: ${msg.message}`);

@@ -157,4 +157,3 @@ async fn worker_events(
     });
     Sse::new(events).keep_alive(KeepAlive::default())
 }
-

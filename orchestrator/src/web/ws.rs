@@ -295,7 +295,11 @@ async fn bridge(app: Arc<Orchestrator>, socket: WebSocket) {
         }
     };
     let hello = json!({"type": "hello", "session_id": opened.session_id});
-    if sink.send(Message::Text(hello.to_string().into())).await.is_err() {
+    if sink
+        .send(Message::Text(hello.to_string().into()))
+        .await
+        .is_err()
+    {
         return;
     }
     let mut events = opened.events;
@@ -435,7 +439,10 @@ mod tests {
     #[test]
     fn status_names_are_grpc_names() {
         assert_eq!(code_name(Code::Unavailable as i32), "UNAVAILABLE");
-        assert_eq!(code_name(Code::ResourceExhausted as i32), "RESOURCE_EXHAUSTED");
+        assert_eq!(
+            code_name(Code::ResourceExhausted as i32),
+            "RESOURCE_EXHAUSTED"
+        );
         assert_eq!(state_name(SessionState::BargedIn as i32), "BARGED_IN");
     }
 }
