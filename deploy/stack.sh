@@ -75,8 +75,9 @@ build() {
   log "building images"
   compose build >/tmp/voxwire-compose-build.log 2>&1 || {
     tail -n 40 /tmp/voxwire-compose-build.log >&2; return 1; }
-  # The build stage's image (sources and binaries) is left untagged; it is of no further use.
-  docker image prune -f --filter label=org.voxwire.stage=build >/dev/null
+  # Untagged leftovers: the build stage's image (sources and binaries) and the service images
+  # this build replaced.
+  docker image prune -f --filter label=org.voxwire.image >/dev/null
 }
 
 # Every container of the project healthy; fails naming the ones that are not.
