@@ -214,3 +214,37 @@ async fn websocket_drives_a_conversation_with_barge_in() {
     .await
     .expect("the session ends with its page");
 }
+
+/// Reads the event stream until `needle` appears.
+async fn read_until(stream: &mut tokio::net::TcpStream, seen: &mut String, needle: &str) {
+    use tokio::io::AsyncReadExt;
+    let found = tokio::time::timeout(WAIT, async {
+        let mut buf = [0u8; 4096];
+        while !seen.contains(needle) {
+            let n = stream.read(&mut buf).await.expect("read");
+            assert!(n > 0, "stream ended");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    })
+    .await;
+    assert!(found.is_ok(), "no {needle:?} in {seen:?}");
+}
+
+#[tokio::test]
+async fn worker_events_stream_the_table_again_when_a_worker_goes() {
+    use tokio::io::AsyncWriteExt;
+    let mut worker = tone_worker(WorkerArgs::tone_for_tests()).await;
+    let orch = orchestrator(tts_args(&[worker.address()])).await;
+    orch.wait_ready().await;
+    let mut stream = tokio::net::TcpStream::connect(orch.running.http_addr)
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET /api/workers/events HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("request");
+    let mut seen = String::new();
+    read_until(&mut stream, &mut seen, "\"state\":\"SERVING\"").await;
+    let _ = worker.stop.take().map(|stop| stop.send(()));
+    read_until(&mut stream, &mut seen, "\"state\":\"NOT_SERVING\"").await;
+}
