@@ -40,12 +40,14 @@ impl SoakConfig {
         }
     }
 
-    /// The CI form: 100 sessions x 10 messages.
+    /// The CI form: 100 sessions x 100 messages (a few seconds). Fewer
+    /// messages leave warm-up too short for the memory comparison to mean
+    /// anything (allocator pools still growing).
     pub fn short() -> SoakConfig {
         SoakConfig {
             sessions: 100,
-            messages: 10,
-            warmup_messages: 2,
+            messages: 100,
+            warmup_messages: 20,
             workers: 2,
             sessions_per_connection: 25,
         }

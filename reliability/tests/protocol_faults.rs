@@ -18,9 +18,12 @@ const TEXT: &str = "Hello there.";
 
 async fn alone(fault: Fault) -> (FakeWorker, Orchestrator) {
     let fake = FakeWorker::start(fault).await.expect("fake");
-    let orchestrator = Orchestrator::start(OrchestratorConfig::new(&[fake.addr.clone()], &[]))
-        .await
-        .expect("orchestrator");
+    let orchestrator = Orchestrator::start(OrchestratorConfig::new(
+        std::slice::from_ref(&fake.addr),
+        &[],
+    ))
+    .await
+    .expect("orchestrator");
     orchestrator
         .wait_state(&fake.addr, "SERVING", START)
         .await

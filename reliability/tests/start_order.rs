@@ -38,8 +38,11 @@ async fn run(order: [Piece; 3]) {
     let stt_port = free_port().expect("port");
     let tts_addr = format!("127.0.0.1:{tts_port}");
     let stt_addr = format!("127.0.0.1:{stt_port}");
-    let config = OrchestratorConfig::new(&[tts_addr.clone()], &[stt_addr.clone()])
-        .flag("--ready-wait-ms", 1_000);
+    let config = OrchestratorConfig::new(
+        std::slice::from_ref(&tts_addr),
+        std::slice::from_ref(&stt_addr),
+    )
+    .flag("--ready-wait-ms", 1_000);
     let mut orchestrator: Option<Orchestrator> = None;
     let mut tts: Option<Worker> = None;
     let mut stt: Option<Worker> = None;

@@ -295,7 +295,10 @@ async fn a_flapping_worker_never_fails_a_turn() {
     for client in clients {
         turns += client.await.expect("client task");
     }
-    eprintln!("{turns} turns while flapping, {} on the flapping worker", flapper.calls());
+    eprintln!(
+        "{turns} turns while flapping, {} on the flapping worker",
+        flapper.calls()
+    );
     let metrics = orchestrator.metrics().await.expect("metrics");
     let flips = voxwire_reliability::http::sum(
         &metrics,
@@ -319,9 +322,12 @@ async fn a_flapping_worker_never_fails_a_turn() {
 #[tokio::test]
 async fn a_client_leaving_mid_turn_cancels_the_worker_stream_and_returns_capacity() {
     let worker = Worker::tone(None, 16, true).expect("tone worker");
-    let orchestrator = Orchestrator::start(OrchestratorConfig::new(&[worker.addr.clone()], &[]))
-        .await
-        .expect("orchestrator");
+    let orchestrator = Orchestrator::start(OrchestratorConfig::new(
+        std::slice::from_ref(&worker.addr),
+        &[],
+    ))
+    .await
+    .expect("orchestrator");
     serving(&orchestrator, &[&worker.addr]).await;
     let baseline = orchestrator.gauges().await.expect("gauges");
 
