@@ -117,9 +117,56 @@ async fn transcribe_and_recognize_relay_events() {
     assert!(error.message().contains("STT-AUDIO-ODD-BYTES"), "{error:?}");
 }
 
+/// A worker that went silent after the end of audio held the client's stream
+/// until the whole-call timeout (600 s); each event after the end of audio now
+/// has `--first-frame-timeout-ms`.
+#[tokio::test]
+async fn stt_worker_silent_after_end_of_audio_fails_by_the_deadline() {
+    let stt = fake_stt(FakeStt {
+        wedged: true,
+        ..FakeStt::default()
+    })
+    .await;
+    let orch = orchestrator(Args {
+        stt: stt.address(),
+        first_frame_timeout_ms: 300,
+        ..Args::for_tests()
+    })
+    .await;
+    orch.wait_ready().await;
+    let started = std::time::Instant::now();
+    let stream = orch
+        .voxwire()
+        .transcribe(tokio_stream::iter(vec![
+            config("w", false),
+            audio(640, true),
+        ]))
+        .await
+        .expect("transcribe")
+        .into_inner();
+    let (events, error) =
+        tokio::time::timeout(Duration::from_secs(20), collect(stream, "w", false))
+            .await
+            .expect("the stream ends long before the call timeout");
+    let elapsed = started.elapsed();
+    assert!(events.is_empty(), "{events:?}");
+    let error = error.expect("a silent worker ends the stream with a status");
+    assert_eq!(error.code(), Code::DeadlineExceeded, "{error:?}");
+    assert!(
+        error.message().contains("after the end of audio"),
+        "{error:?}"
+    );
+    // One deadline per attempt (retries included), nowhere near the call timeout.
+    assert!(elapsed < Duration::from_secs(10), "took {elapsed:?}");
+}
+
 #[tokio::test]
 async fn invalid_transcript_events_end_the_stream_with_internal() {
-    let stt = fake_stt(FakeStt { broken: true }).await;
+    let stt = fake_stt(FakeStt {
+        broken: true,
+        ..FakeStt::default()
+    })
+    .await;
     let orch = orchestrator(Args {
         stt: stt.address(),
         ..Args::for_tests()

@@ -513,10 +513,12 @@ pub async fn fake_tts(fake: FakeTts, health: bool) -> FakeServer {
 
 /// Scripted STT: after the client's end of audio, one partial (when asked
 /// for) and one final naming the bytes heard; or, when `broken`, an event
-/// with a sequence gap.
+/// with a sequence gap; or, when `wedged`, nothing at all: it reads the audio
+/// to its end and then holds the stream open without a word.
 #[derive(Clone, Default)]
 pub struct FakeStt {
     pub broken: bool,
+    pub wedged: bool,
 }
 
 type EventStream = ReceiverStream<Result<stt::TranscriptEvent, Status>>;
@@ -535,7 +537,7 @@ impl SttService for FakeStt {
             return Err(Status::invalid_argument("config first"));
         };
         let (tx, rx) = tokio::sync::mpsc::channel(8);
-        let broken = self.broken;
+        let (broken, wedged) = (self.broken, self.wedged);
         tokio::spawn(async move {
             let mut bytes = 0usize;
             while let Ok(Some(request)) = input.message().await {
@@ -545,6 +547,12 @@ impl SttService for FakeStt {
                         break;
                     }
                 }
+            }
+            if wedged {
+                // Keep the sender alive so the stream neither ends nor errors.
+                let _open = tx;
+                std::future::pending::<()>().await;
+                return;
             }
             let end_ms = (bytes / 2 * 1000 / config.sample_rate.max(1) as usize) as i64;
             let event = |seq: i64, text: &str, is_final: bool| stt::TranscriptEvent {
