@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::error::Result;
+use crate::error::{BenchError, Result};
 use crate::procs::{free_addr, Bins, Proc};
 
 /// How long a process may take to report SERVING (a Piper worker loads and
@@ -106,11 +106,12 @@ pub async fn start(spec: &StackSpec, bins: &Bins, logs: &Path, tag: &str) -> Res
 
     let orchestrator = if spec.orchestrator {
         let addr = free_addr()?;
+        let http = free_addr()?;
         let args: Vec<String> = [
             "--listen",
             &addr,
             "--http-listen",
-            &free_addr()?,
+            &http,
             "--tts",
             &targets,
             "--stt",
@@ -139,9 +140,9 @@ pub async fn start(spec: &StackSpec, bins: &Bins, logs: &Path, tag: &str) -> Res
             logs,
         )?;
         proc.wait_serving("tts.TTSService", START_TIMEOUT).await?;
-        // SERVING needs one ready worker; give the monitors of the others a
-        // moment to see theirs, so load is spread from the first session.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // The orchestrator is SERVING with one ready worker; wait until its
+        // pool lists them all, so load is spread from the first session.
+        wait_pool_serving(&http, spec.workers, START_TIMEOUT).await?;
         Some(proc)
     } else {
         None
@@ -174,4 +175,41 @@ pub async fn start(spec: &StackSpec, bins: &Bins, logs: &Path, tag: &str) -> Res
         orchestrator,
         bare_relay,
     })
+}
+
+/// Polls the orchestrator's `GET /api/workers` until `workers` endpoints are
+/// SERVING, or fails after `timeout`.
+async fn wait_pool_serving(http: &str, workers: usize, timeout: Duration) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Ok(body) = http_get(http, "/api/workers").await {
+            let serving = serde_json::from_str::<Vec<serde_json::Value>>(&body)
+                .map(|all| all.iter().filter(|e| e["state"] == "SERVING").count())
+                .unwrap_or(0);
+            if serving >= workers {
+                return Ok(());
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(BenchError::Setup(format!(
+                "the orchestrator at {http} did not list {workers} SERVING workers within {timeout:?}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A minimal HTTP/1.0 GET: the body, whatever the status.
+async fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    Ok(response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default())
 }
