@@ -13,6 +13,7 @@ use tokio::task::JoinSet;
 use tonic::transport::Channel;
 use voxwire_proto::tts::tts_service_client::TtsServiceClient;
 use voxwire_proto::tts::{StartSessionRequest, TextChunk};
+use voxwire_proto::tts_stream::TtsStreamValidator;
 
 use crate::client::tts_clients;
 use crate::error::{BenchError, Result};
@@ -94,7 +95,8 @@ pub struct ModeResult {
     pub frames_expected: u64,
     /// Expected minus received, over every session (a failed call loses all of its frames).
     pub frames_lost: u64,
-    /// Frames whose sequence number was not the previous one plus one.
+    /// Frames the protocol's stream validator rejected (a skipped or repeated
+    /// sequence number among them).
     pub sequence_errors: u64,
     pub streams_without_final: u64,
     pub wall_seconds: f64,
@@ -387,6 +389,7 @@ async fn speak(
 ) -> SessionOutcome {
     tokio::time::sleep_until(at.into()).await;
     let mut outcome = SessionOutcome::default();
+    let mut validator = TtsStreamValidator::new(session_id.as_str());
     let chunk = TextChunk {
         session_id,
         text: text.to_string(),
@@ -401,7 +404,6 @@ async fn speak(
             return outcome;
         }
     };
-    let mut next_sequence = 1i64;
     let mut last_audio: Option<Instant> = None;
     let mut audio_frames = 0u32;
     loop {
@@ -417,10 +419,11 @@ async fn speak(
         outcome
             .first_frame_ms
             .get_or_insert_with(|| (now - sent).as_secs_f64() * 1000.0);
-        if frame.sequence_number != next_sequence {
+        // The protocol's own validator (sequence numbers, session echo, frame
+        // validity), not a second copy of its rules.
+        if validator.observe(&frame).is_err() {
             outcome.sequence_errors += 1;
         }
-        next_sequence = frame.sequence_number + 1;
         outcome.frames += 1;
         if !frame.audio_data.is_empty() {
             // The worker's pacing clock starts before the first sentence is
