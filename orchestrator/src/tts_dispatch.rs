@@ -301,33 +301,37 @@ impl TtsDispatcher {
     }
 
     async fn end_on(&self, address: &str, session_id: &str) {
-        let Some(channel) = self.pool.endpoint(address).and_then(|e| e.channel()) else {
-            return;
-        };
-        let mut request = Request::new(EndSessionRequest {
-            session_id: session_id.to_string(),
-        });
-        request.set_timeout(self.settings.call_timeout);
-        if let Err(status) = TtsServiceClient::new(channel).end_session(request).await {
-            tracing::debug!(endpoint = %address, %status, "EndSession failed");
+        if let Some(call) = self.end_session_call(address, session_id) {
+            call.await;
         }
     }
 
     /// EndSession on a worker the session left, without waiting for it.
     fn end_in_background(&self, address: &str, session_id: &str) {
-        let Some(channel) = self.pool.endpoint(address).and_then(|e| e.channel()) else {
-            return;
-        };
+        if let Some(call) = self.end_session_call(address, session_id) {
+            tokio::spawn(call);
+        }
+    }
+
+    /// The EndSession call (bounded by the call timeout; a failure is only
+    /// logged: the worker reaps idle sessions itself), or None when the
+    /// endpoint has no channel.
+    fn end_session_call(
+        &self,
+        address: &str,
+        session_id: &str,
+    ) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+        let channel = self.pool.endpoint(address).and_then(|e| e.channel())?;
         let mut request = Request::new(EndSessionRequest {
             session_id: session_id.to_string(),
         });
         request.set_timeout(self.settings.call_timeout);
         let address = address.to_string();
-        tokio::spawn(async move {
+        Some(async move {
             if let Err(status) = TtsServiceClient::new(channel).end_session(request).await {
                 tracing::debug!(endpoint = %address, %status, "EndSession failed");
             }
-        });
+        })
     }
 
     /// Makes sure the session is open on the lease's worker: StartSession
