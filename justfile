@@ -43,7 +43,7 @@ bench:
 
 # The short benchmark CI runs so it cannot rot (dev build, under 2 minutes): voxbench --quick.
 bench-quick:
-    cargo build --bin voxbench --bin tts-worker --bin orchestrator
+    cargo build --workspace --bins
     "${CARGO_TARGET_DIR:-target}/debug/voxbench" --quick
 
 # A development CA with server and client certificates for TLS and mutual TLS (never for production):

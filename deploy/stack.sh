@@ -57,8 +57,9 @@ host_binaries() {
     *) dir=$VOXWIRE_PROFILE; flags=(--profile "$VOXWIRE_PROFILE") ;;
   esac
   log "cargo build (${VOXWIRE_PROFILE} profile)"
-  cargo build --quiet "${flags[@]}" -p voxwire-orchestrator -p voxwire-tts-worker \
-    -p voxwire-stt-worker -p voxctl -p voxwire-conformance
+  # All of the workspace's binaries, as every script builds them: a subset would
+  # resolve other dependency features and compile the graph again.
+  cargo build --quiet "${flags[@]}" --workspace --bins
   rm -rf target/deploy-bin
   mkdir -p target/deploy-bin
   for bin in orchestrator tts-worker stt-worker voxctl; do

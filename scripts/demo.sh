@@ -12,7 +12,9 @@ for model in piper-en_US-joe-medium whisper-tiny.en; do
 done
 
 started=$(date +%s)
-cargo build --quiet --bin tts-worker --bin stt-worker --bin orchestrator --bin voxctl
+# Every script builds the same set (all the workspace's binaries): a subset
+# resolves different dependency features and compiles the graph a second time.
+cargo build --quiet --workspace --bins
 bin=target/debug
 out=target/demo
 mkdir -p "$out"

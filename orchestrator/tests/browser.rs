@@ -8,6 +8,7 @@
 //! Writes the page's screenshot to target/console.png.
 
 mod common;
+mod webdriver;
 
 use std::net::TcpListener as StdListener;
 use std::os::unix::process::CommandExt;
@@ -17,7 +18,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use voxwire_orchestrator::config::Args;
@@ -25,6 +25,7 @@ use voxwire_orchestrator::endpoint::EndpointState;
 use voxwire_orchestrator::pool::Pool;
 use voxwire_proto::metrics::ACTIVE_STREAMS;
 use voxwire_tts_worker::server::{Args as TtsArgs, EngineKind};
+use webdriver::Session;
 
 /// Loading and warming both models on a loaded 2-core machine.
 const MODELS_READY: Duration = Duration::from_secs(300);
@@ -117,7 +118,7 @@ async fn start_driver(path: &Path) -> Driver {
     driver
 }
 
-async fn open_browser(driver: &Driver, chromium: &Path, mic_wav: &Path) -> Client {
+async fn open_browser(driver: &Driver, chromium: &Path, mic_wav: &Path) -> Session {
     let args = [
         "--headless=new".to_string(),
         "--no-sandbox".to_string(),
@@ -132,26 +133,21 @@ async fn open_browser(driver: &Driver, chromium: &Path, mic_wav: &Path) -> Clien
         "browserName": "chrome",
         "goog:chromeOptions": { "binary": chromium, "args": args },
     });
-    let Value::Object(capabilities) = capabilities else {
-        unreachable!("a JSON object");
-    };
-    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-        .capabilities(capabilities)
-        .connect(&driver.url)
+    Session::new(&driver.url, capabilities)
         .await
         .expect("a Chromium session")
 }
 
-async fn js(client: &Client, script: &str) -> Value {
+async fn js(client: &Session, script: &str) -> Value {
     client
-        .execute(script, vec![])
+        .execute(script)
         .await
         .unwrap_or_else(|e| panic!("script {script:?} failed: {e}"))
 }
 
 /// Polls `script` (which returns a value, `null` meaning "not yet") until it
 /// is not null; panics after `timeout` naming `what`.
-async fn wait_js(client: &Client, script: &str, timeout: Duration, what: &str) -> Value {
+async fn wait_js(client: &Session, script: &str, timeout: Duration, what: &str) -> Value {
     let deadline = Instant::now() + timeout;
     loop {
         let value = js(client, script).await;
@@ -169,7 +165,7 @@ async fn wait_js(client: &Client, script: &str, timeout: Duration, what: &str) -
     }
 }
 
-async fn stat(client: &Client, name: &str) -> Value {
+async fn stat(client: &Session, name: &str) -> Value {
     js(client, &format!("return window.voxwire.stats.{name};")).await
 }
 
@@ -342,17 +338,14 @@ async fn console_in_headless_chromium() {
     .await;
 
     // 2. Say a sentence: it plays, and its first-audio latency is shown.
-    let text_box = client
-        .find(Locator::Id("say-text"))
-        .await
-        .expect("say-text");
+    let text_box = client.find_id("say-text").await.expect("say-text");
     text_box.clear().await.expect("clear");
     text_box
         .send_keys("Hello from the voxwire console.")
         .await
         .expect("type");
     client
-        .find(Locator::Id("say"))
+        .find_id("say")
         .await
         .expect("say")
         .click()
@@ -376,7 +369,7 @@ async fn console_in_headless_chromium() {
     .await;
     println!("say: first audio {first_audio} ms in the page, {played} frames played");
     let shown = client
-        .find(Locator::Id("first-audio"))
+        .find_id("first-audio")
         .await
         .expect("first-audio")
         .text()
@@ -388,7 +381,7 @@ async fn console_in_headless_chromium() {
     // with echo on it is spoken back.
     let session = stat(&client, "sessionId").await;
     client
-        .find(Locator::Id("echo"))
+        .find_id("echo")
         .await
         .expect("echo")
         .click()
@@ -403,7 +396,7 @@ async fn console_in_headless_chromium() {
         "a conversation with echo on",
     )
     .await;
-    let mic = client.find(Locator::Id("mic")).await.expect("mic");
+    let mic = client.find_id("mic").await.expect("mic");
     mic.click().await.expect("mic on");
     let heard = wait_js(
         &client,
@@ -438,7 +431,7 @@ async fn console_in_headless_chromium() {
     text_box.send_keys(LONG).await.expect("type");
     let before = stat(&client, "framesPlayed").await.as_u64().unwrap_or(0);
     client
-        .find(Locator::Id("say"))
+        .find_id("say")
         .await
         .expect("say")
         .click()
@@ -457,7 +450,7 @@ async fn console_in_headless_chromium() {
     let streams = voice_worker.running.worker.load_metrics()[ACTIVE_STREAMS];
     assert!(streams >= 1.0, "synthesis still running: {streams}");
     client
-        .find(Locator::Id("interrupt"))
+        .find_id("interrupt")
         .await
         .expect("interrupt")
         .click()

@@ -9,12 +9,6 @@ use std::sync::OnceLock;
 
 use crate::{Error, Result};
 
-const PACKAGES: &[&str] = &[
-    "voxwire-orchestrator",
-    "voxwire-tts-worker",
-    "voxwire-stt-worker",
-];
-
 /// The workspace root: this crate's parent directory.
 pub fn workspace_root() -> PathBuf {
     let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -41,10 +35,9 @@ fn build() -> std::result::Result<(), String> {
     let mut command = Command::new(cargo);
     command
         .current_dir(workspace_root())
-        .args(["build", "--bins"]);
-    for package in PACKAGES {
-        command.args(["-p", package]);
-    }
+        // The whole workspace, as every script builds it: a subset of packages
+        // resolves other dependency features and compiles the graph again.
+        .args(["build", "--workspace", "--bins"]);
     let output = command
         .output()
         .map_err(|e| format!("running cargo: {e}"))?;
