@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 use voxwire_proto::session::validate_session_id;
 use voxwire_proto::stt::{recognize_request, RecognizeRequest, TranscriptEvent};
-use voxwire_proto::stt_stream::{SttLimits, SttRequestValidator};
+use voxwire_proto::stt_stream::SttRequestValidator;
 use voxwire_proto::tts::{AudioFrame, TextChunk};
 use voxwire_proto::voxwire::v1::registry_server::Registry;
 use voxwire_proto::voxwire::v1::voxwire_server::Voxwire;
@@ -101,7 +101,7 @@ pub fn recognize_stream(
     mut input: Streaming<RecognizeRequest>,
     trace: TraceContext,
 ) -> Result<ReceiverStream<Result<TranscriptEvent, Status>>, Status> {
-    let mut validator = SttRequestValidator::new(SttLimits::default());
+    let mut validator = SttRequestValidator::new(app.settings.security.audio);
     validator.accept(&first)?;
     let Some(recognize_request::Request::Config(config)) = first.request else {
         return Err(Status::invalid_argument(

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use voxwire_proto::stt_stream::SttLimits;
 use voxwire_service::credentials::{resolve_token, CredentialsError, Secret};
 use voxwire_service::limits::DEFAULT_MAX_MESSAGE_BYTES;
 use voxwire_service::tls::{ClientTls, ServerTls, ServerTlsArgs, TlsError};
@@ -138,6 +139,14 @@ pub struct Args {
     /// RESOURCE_EXHAUSTED).
     #[arg(long, env = "VOXWIRE_MAX_SESSIONS_PER_CLIENT", default_value_t = 0)]
     pub max_sessions_per_client: usize,
+    /// Largest audio chunk a client may send to Transcribe or Converse, in
+    /// bytes (past it: INVALID_ARGUMENT, STT-CHUNK-LIMIT).
+    #[arg(long, env = "VOXWIRE_MAX_CHUNK_BYTES", default_value_t = SttLimits::default().max_chunk_bytes)]
+    pub max_chunk_bytes: usize,
+    /// Longest audio of one Transcribe stream or one Converse listening turn,
+    /// in seconds (past it: OUT_OF_RANGE, STT-DURATION-LIMIT).
+    #[arg(long, env = "VOXWIRE_MAX_STREAM_SECONDS", default_value_t = SttLimits::default().max_stream_seconds)]
+    pub max_stream_seconds: u32,
 }
 
 impl Args {
@@ -178,6 +187,8 @@ impl Args {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             max_text_chars: 20_000,
             max_sessions_per_client: 0,
+            max_chunk_bytes: SttLimits::default().max_chunk_bytes,
+            max_stream_seconds: SttLimits::default().max_stream_seconds,
         }
     }
 }
@@ -244,6 +255,8 @@ pub struct SecuritySettings {
     pub max_text_chars: usize,
     /// 0: no limit.
     pub max_sessions_per_client: usize,
+    /// What one client audio stream may carry (Transcribe, a Converse turn).
+    pub audio: SttLimits,
 }
 
 /// What dispatching a turn needs.
@@ -306,6 +319,12 @@ impl Settings {
         if args.max_message_bytes == 0 {
             return Err(ConfigError::Zero("--max-message-bytes"));
         }
+        if args.max_chunk_bytes == 0 {
+            return Err(ConfigError::Zero("--max-chunk-bytes"));
+        }
+        if args.max_stream_seconds == 0 {
+            return Err(ConfigError::Zero("--max-stream-seconds"));
+        }
         Ok(Settings {
             tts: parse_targets(&args.tts)?,
             stt: parse_targets(&args.stt)?,
@@ -346,6 +365,10 @@ impl Settings {
                 max_message_bytes: args.max_message_bytes,
                 max_text_chars: args.max_text_chars,
                 max_sessions_per_client: args.max_sessions_per_client,
+                audio: SttLimits {
+                    max_chunk_bytes: args.max_chunk_bytes,
+                    max_stream_seconds: args.max_stream_seconds,
+                },
             },
         })
     }

@@ -21,7 +21,7 @@ use voxwire_proto::session::validate_session_id;
 use voxwire_proto::stt::{
     recognize_request, AudioChunk, RecognitionConfig, RecognizeRequest, TranscriptEvent,
 };
-use voxwire_proto::stt_stream::{SttLimits, SttRequestValidator};
+use voxwire_proto::stt_stream::SttRequestValidator;
 use voxwire_proto::tts::AudioFrame;
 use voxwire_proto::voxwire::v1::{
     converse_event, converse_request, ConverseConfig, ConverseEvent, ConverseRequest, Interrupted,
@@ -389,7 +389,7 @@ impl Conversation {
             partial_results: self.config.partial_results,
             model_id: String::new(),
         };
-        let mut validator = SttRequestValidator::new(SttLimits::default());
+        let mut validator = SttRequestValidator::new(self.app.settings.security.audio);
         let request = RecognizeRequest {
             request: Some(recognize_request::Request::Config(config.clone())),
         };

@@ -233,6 +233,60 @@ fn a_message_past_the_size_limit_is_refused_out_of_range() {
     });
 }
 
+/// The orchestrator's own audio limits (--max-chunk-bytes,
+/// --max-stream-seconds) are the ones it enforces, not the protocol defaults:
+/// it used to validate client audio against `SttLimits::default()` whatever
+/// the operator configured.
+#[test]
+fn transcribe_enforces_the_configured_audio_limits() {
+    let rt = runtime();
+    let stack = rt.block_on(stack(|a| Args {
+        max_chunk_bytes: 3_200,
+        max_stream_seconds: 1,
+        ..a
+    }));
+    let transcribe = |chunks: Vec<usize>| {
+        let channel = stack.channel.clone();
+        let steps: Vec<Step> = std::iter::once(Step::Config {
+            session: "limits".into(),
+            rate: 16_000,
+        })
+        .chain(chunks.into_iter().map(|bytes| Step::Audio {
+            bytes,
+            is_final: false,
+        }))
+        .collect();
+        async move {
+            tokio::time::timeout(CALL_BOUND, async {
+                let mut events = VoxwireClient::new(channel)
+                    .transcribe(tokio_stream::iter(requests(&steps)))
+                    .await?
+                    .into_inner();
+                while let Some(event) = events.next().await {
+                    event?;
+                }
+                Ok::<(), Status>(())
+            })
+            .await
+            .expect("Transcribe ends")
+            .expect_err("refused")
+        }
+    };
+    rt.block_on(async {
+        // 3,202 bytes: one sample more than a chunk may carry.
+        let status = transcribe(vec![3_202]).await;
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains("STT-CHUNK-LIMIT"), "{status:?}");
+        // Eleven 0.1 s chunks at 16 kHz: 1.1 s, past the one-second limit.
+        let status = transcribe(vec![3_200; 11]).await;
+        assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+        assert!(
+            status.message().contains("STT-DURATION-LIMIT"),
+            "{status:?}"
+        );
+    });
+}
+
 /// One Transcribe request stream, as hostile clients write them.
 #[derive(Debug, Clone)]
 enum Step {

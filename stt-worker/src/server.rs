@@ -41,10 +41,10 @@ pub struct Args {
     #[arg(long, env = "VOXWIRE_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
     /// Largest audio chunk accepted, in bytes.
-    #[arg(long, env = "VOXWIRE_MAX_CHUNK_BYTES", default_value_t = 96_000)]
+    #[arg(long, env = "VOXWIRE_MAX_CHUNK_BYTES", default_value_t = SttLimits::default().max_chunk_bytes)]
     pub max_chunk_bytes: usize,
     /// Longest stream accepted, in seconds of audio.
-    #[arg(long, env = "VOXWIRE_MAX_STREAM_SECONDS", default_value_t = 600)]
+    #[arg(long, env = "VOXWIRE_MAX_STREAM_SECONDS", default_value_t = SttLimits::default().max_stream_seconds)]
     pub max_stream_seconds: u32,
     /// Silence that ends an utterance, in milliseconds.
     #[arg(long, env = "VOXWIRE_ENDPOINT_SILENCE_MS", default_value_t = 500)]
@@ -71,8 +71,8 @@ impl Args {
             model_dir: None,
             max_sessions: 4,
             metrics_listen: None,
-            max_chunk_bytes: 96_000,
-            max_stream_seconds: 600,
+            max_chunk_bytes: SttLimits::default().max_chunk_bytes,
+            max_stream_seconds: SttLimits::default().max_stream_seconds,
             endpoint_silence_ms: 500,
             partial_interval_ms: 1_000,
             drain_seconds: 5,
