@@ -38,6 +38,16 @@ fn build() -> std::result::Result<(), String> {
         // The whole workspace, as every script builds it: a subset of packages
         // resolves other dependency features and compiles the graph again.
         .args(["build", "--workspace", "--bins"]);
+    // `cargo test` runs this process with the variables of the package under
+    // test (CARGO_MANIFEST_DIR, CARGO_PKG_NAME, OUT_DIR, ...). ring's build
+    // script reruns when those change, so a nested cargo that inherited them
+    // rebuilt ring and all above it, and the next plain `cargo build` rebuilt
+    // it back. The nested build gets the environment cargo itself was given.
+    for (key, _) in std::env::vars_os() {
+        if key.to_str().is_some_and(set_by_cargo_for_the_package) {
+            command.env_remove(key);
+        }
+    }
     let output = command
         .output()
         .map_err(|e| format!("running cargo: {e}"))?;
@@ -46,6 +56,18 @@ fn build() -> std::result::Result<(), String> {
     } else {
         Err(String::from_utf8_lossy(&output.stderr).into_owned())
     }
+}
+
+/// Variables cargo sets for a package's build script, test or binary, as
+/// opposed to the ones a user sets for cargo (CARGO_HOME, CARGO_TARGET_DIR,
+/// CARGO_INCREMENTAL, ...).
+fn set_by_cargo_for_the_package(key: &str) -> bool {
+    matches!(
+        key,
+        "OUT_DIR" | "CARGO_CRATE_NAME" | "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR"
+    ) || ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_BIN_"]
+        .iter()
+        .any(|prefix| key.starts_with(prefix))
 }
 
 /// The path of binary `name` (debug profile), built first if need be.
@@ -57,5 +79,34 @@ pub fn binary(name: &str) -> Result<PathBuf> {
         Ok(path)
     } else {
         Err(Error::Build(format!("{} is missing", path.display())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::set_by_cargo_for_the_package;
+
+    #[test]
+    fn the_nested_build_drops_package_variables_and_keeps_the_users() {
+        for key in [
+            "CARGO_MANIFEST_DIR",
+            "CARGO_MANIFEST_PATH",
+            "CARGO_PKG_NAME",
+            "CARGO_PKG_VERSION_MAJOR",
+            "CARGO_BIN_EXE_voxsoak",
+            "CARGO_CRATE_NAME",
+            "OUT_DIR",
+        ] {
+            assert!(set_by_cargo_for_the_package(key), "{key} kept");
+        }
+        for key in [
+            "CARGO_HOME",
+            "CARGO_TARGET_DIR",
+            "CARGO_INCREMENTAL",
+            "CARGO",
+            "PATH",
+        ] {
+            assert!(!set_by_cargo_for_the_package(key), "{key} dropped");
+        }
     }
 }
