@@ -333,7 +333,7 @@ pub fn guard_console<S: Clone + Send + Sync + 'static>(
     }
     let guard = HttpGuard {
         gate: Gate::new(security.auth_token.clone(), 0),
-        allowed_origins: Vec::new(),
+        allowed_origins: security.console_origins.clone(),
         paths: CONSOLE_PATHS,
     };
     router.layer(axum::middleware::from_fn_with_state(guard, http_guard))
@@ -348,8 +348,9 @@ pub async fn http_guard(
     if !guard.paths.contains(&request.uri().path()) {
         return next.run(request).await;
     }
-    if let Err(reason) = check_origin(&request, &guard.allowed_origins) {
-        tracing::warn!(reason, "HTTP request refused: origin");
+    let authority = request.uri().authority().map(http::uri::Authority::as_str);
+    if let Err(reason) = check_origin(request.headers(), authority, &guard.allowed_origins) {
+        tracing::warn!(%reason, "HTTP request refused: origin");
         return (http::StatusCode::FORBIDDEN, reason).into_response();
     }
     if guard.gate.requires_token() {
@@ -408,31 +409,42 @@ fn percent_decode(value: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// A cross-site page must not drive the console's WebSocket with the
-/// user's ambient access: the Origin's host must be the Host served, or listed.
-fn check_origin<B>(request: &http::Request<B>, allowed: &[String]) -> Result<(), &'static str> {
-    let Some(origin) = request.headers().get(http::header::ORIGIN) else {
-        // Not a browser; the token check is what stands.
+/// A cross-site page must not drive the console's WebSocket with its
+/// visitor's browser: when a request carries an Origin (browsers always send
+/// one), its host must be the Host served (or the URI's authority, HTTP/2), or
+/// the Origin must be one of `allowed` (`--console-origins`, normalised by
+/// `config::parse_origins`). The one origin rule of the console: the
+/// WebSocket upgrade and the token guard both call it.
+pub fn check_origin(
+    headers: &http::HeaderMap,
+    authority: Option<&str>,
+    allowed: &[String],
+) -> Result<(), String> {
+    let Some(origin) = headers.get(http::header::ORIGIN) else {
+        // Not a browser; the token check, when on, is what stands.
         return Ok(());
     };
     let origin = origin
         .to_str()
-        .map_err(|_| "the Origin header is not text")?;
-    if allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)) {
+        .map_err(|_| "the Origin header is not text".to_string())?;
+    let normalised = origin.trim_end_matches('/').to_ascii_lowercase();
+    if allowed.contains(&normalised) {
         return Ok(());
     }
-    let origin_host = origin
+    let origin_host = normalised
         .split_once("://")
-        .map_or(origin, |(_, rest)| rest)
-        .trim_end_matches('/');
-    let host = request
-        .headers()
+        .map_or(normalised.as_str(), |(_, rest)| rest);
+    let host = headers
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
-        .or_else(|| request.uri().authority().map(http::uri::Authority::as_str));
+        .or(authority);
     match host {
         Some(host) if host.eq_ignore_ascii_case(origin_host) => Ok(()),
-        _ => Err("cross-origin request refused"),
+        _ => Err(format!(
+            "Origin {origin} is not this host ({}) nor in --console-origins: \
+             cross-origin console connections are refused",
+            host.unwrap_or("no Host header")
+        )),
     }
 }
 
@@ -496,23 +508,40 @@ mod tests {
 
     #[test]
     fn origins_must_match_the_host_or_be_listed() {
-        let request = |origin: Option<&str>| {
-            let mut builder = http::Request::builder()
-                .uri("/ws")
-                .header(http::header::HOST, "127.0.0.1:8080");
+        let headers = |host: &str, origin: Option<&str>| {
+            let mut h = http::HeaderMap::new();
+            h.insert(http::header::HOST, host.parse().expect("host"));
             if let Some(origin) = origin {
-                builder = builder.header(http::header::ORIGIN, origin);
+                h.insert(http::header::ORIGIN, origin.parse().expect("origin"));
             }
-            builder.body(()).expect("request")
+            h
         };
-        assert!(check_origin(&request(None), &[]).is_ok());
-        assert!(check_origin(&request(Some("http://127.0.0.1:8080")), &[]).is_ok());
-        assert!(check_origin(&request(Some("https://evil.example")), &[]).is_err());
+        let here = "127.0.0.1:8080";
+        assert!(check_origin(&headers(here, None), None, &[]).is_ok());
+        assert!(check_origin(&headers(here, Some("http://127.0.0.1:8080")), None, &[]).is_ok());
         assert!(check_origin(
-            &request(Some("https://evil.example")),
-            &["https://evil.example".to_string()]
+            &headers("Voxwire:8080", Some("https://voxwire:8080/")),
+            None,
+            &[]
         )
         .is_ok());
+        assert!(check_origin(&headers(here, Some("http://evil.example")), None, &[]).is_err());
+        assert!(check_origin(&headers(here, Some("http://127.0.0.1:9999")), None, &[]).is_err());
+        // Behind a proxy that rewrites Host, the public origin must be listed.
+        let allowed = ["https://voice.example.com".to_string()];
+        let proxied = headers(here, Some("https://Voice.example.com"));
+        assert!(check_origin(&proxied, None, &[]).is_err());
+        assert!(check_origin(&proxied, None, &allowed).is_ok());
+        let lookalike = headers(here, Some("https://voice.example.com.evil.example"));
+        assert!(check_origin(&lookalike, None, &allowed).is_err());
+        // HTTP/2 carries the authority in the URI, not in Host.
+        let mut h2 = http::HeaderMap::new();
+        h2.insert(
+            http::header::ORIGIN,
+            "http://127.0.0.1:8080".parse().expect("origin"),
+        );
+        assert!(check_origin(&h2, Some(here), &[]).is_ok());
+        assert!(check_origin(&h2, None, &[]).is_err());
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub enum ConfigError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Credentials(#[from] CredentialsError),
+    #[error("console origin {0:?} is not SCHEME://HOST[:PORT]")]
+    Origin(String),
 }
 
 /// voxwire orchestrator: holds client sessions and dispatches each turn to a
@@ -147,6 +149,11 @@ pub struct Args {
     /// in seconds (past it: OUT_OF_RANGE, STT-DURATION-LIMIT).
     #[arg(long, env = "VOXWIRE_MAX_STREAM_SECONDS", default_value_t = SttLimits::default().max_stream_seconds)]
     pub max_stream_seconds: u32,
+    /// Origins besides the page's own host whose pages may open the web
+    /// console's WebSocket, comma-separated (`https://voice.example.com`):
+    /// for a proxy that rewrites the Host header.
+    #[arg(long, env = "VOXWIRE_CONSOLE_ORIGINS", default_value = "")]
+    pub console_origins: String,
 }
 
 impl Args {
@@ -189,6 +196,7 @@ impl Args {
             max_sessions_per_client: 0,
             max_chunk_bytes: SttLimits::default().max_chunk_bytes,
             max_stream_seconds: SttLimits::default().max_stream_seconds,
+            console_origins: String::new(),
         }
     }
 }
@@ -200,6 +208,27 @@ pub enum Target {
     Static(String),
     /// `dns://NAME:PORT`: every address NAME resolves to, re-resolved.
     Dns { host: String, port: u16 },
+}
+
+/// Parses a comma-separated list of origins (`SCHEME://HOST[:PORT]`) into
+/// the form browsers send in the Origin header: lower case, no trailing slash,
+/// no path.
+pub fn parse_origins(list: &str) -> Result<Vec<String>, ConfigError> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            let origin = item.trim_end_matches('/').to_ascii_lowercase();
+            match origin.split_once("://") {
+                Some((scheme, host))
+                    if !scheme.is_empty() && !host.is_empty() && !host.contains('/') =>
+                {
+                    Ok(origin)
+                }
+                _ => Err(ConfigError::Origin(item.to_string())),
+            }
+        })
+        .collect()
 }
 
 /// Parses a comma-separated TARGETS list; empty items are skipped.
@@ -257,6 +286,9 @@ pub struct SecuritySettings {
     pub max_sessions_per_client: usize,
     /// What one client audio stream may carry (Transcribe, a Converse turn).
     pub audio: SttLimits,
+    /// Origins allowed to open the console's WebSocket besides the page's own
+    /// host, lower case, without a trailing slash.
+    pub console_origins: Vec<String>,
 }
 
 /// What dispatching a turn needs.
@@ -369,6 +401,7 @@ impl Settings {
                     max_chunk_bytes: args.max_chunk_bytes,
                     max_stream_seconds: args.max_stream_seconds,
                 },
+                console_origins: parse_origins(&args.console_origins)?,
             },
         })
     }
@@ -377,6 +410,23 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn console_origins_are_normalised_and_checked() {
+        assert_eq!(
+            parse_origins(" https://Voice.Example.com/, http://10.0.0.5:8080 ,").expect("valid"),
+            vec!["https://voice.example.com", "http://10.0.0.5:8080"]
+        );
+        assert!(parse_origins("").expect("empty").is_empty());
+        for bad in [
+            "voice.example.com",
+            "https://",
+            "https://host/path",
+            "://host",
+        ] {
+            assert!(parse_origins(bad).is_err(), "{bad} accepted");
+        }
+    }
 
     #[test]
     fn parses_static_and_dns_targets() {

@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
+use voxwire_orchestrator::config::Args;
 use voxwire_tts_worker::server::Args as WorkerArgs;
 
 type Socket =
@@ -100,6 +101,24 @@ async fn cross_origin_websocket_is_refused() {
     );
     let same = format!("http://{}", orch.running.http_addr);
     assert!(open(&orch, &same).await.is_ok());
+}
+
+/// Behind a proxy that rewrites Host, the page's public origin differs from
+/// the Host the orchestrator sees: `--console-origins` lets exactly those in.
+#[tokio::test]
+async fn listed_console_origins_are_let_in_and_no_others() {
+    let orch = orchestrator(Args {
+        console_origins: "https://Voice.example.com/".into(),
+        ..tts_args(&[])
+    })
+    .await;
+    assert!(open(&orch, "https://voice.example.com").await.is_ok());
+    let refused = open(&orch, "https://voice.example.com.evil.example").await;
+    assert!(
+        refused.as_ref().is_err_and(|e| e.contains("403")),
+        "{:?}",
+        refused.map(|_| ())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

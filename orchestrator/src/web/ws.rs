@@ -19,7 +19,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
@@ -78,45 +78,25 @@ fn yes() -> bool {
     true
 }
 
-/// `GET /ws`: upgrades when the Origin is this host (browsers always send
-/// one; other clients may omit it).
+/// `GET /ws`: upgrades when the Origin is this host or one of
+/// `--console-origins` (browsers always send one; other clients may omit it).
 pub async fn upgrade(
     State(app): State<Arc<Orchestrator>>,
+    uri: Uri,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if let Err(why) = check_origin(&headers) {
+    let origin = crate::auth::check_origin(
+        &headers,
+        uri.authority().map(|a| a.as_str()),
+        &app.settings.security.console_origins,
+    );
+    if let Err(why) = origin {
         tracing::warn!(%why, "console WebSocket refused");
         return (StatusCode::FORBIDDEN, why).into_response();
     }
     ws.max_message_size(MAX_MESSAGE)
         .on_upgrade(move |socket| bridge(app, socket))
-}
-
-/// A cross-site page must not drive this orchestrator with its visitor's
-/// browser: the Origin's host and port must be the Host the page came from.
-pub fn check_origin(headers: &HeaderMap) -> Result<(), String> {
-    let Some(origin) = headers.get(header::ORIGIN) else {
-        return Ok(());
-    };
-    let origin = origin
-        .to_str()
-        .map_err(|_| "unreadable Origin header".to_string())?;
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .ok_or_else(|| "no Host header".to_string())?;
-    let origin_host = origin
-        .split_once("://")
-        .map_or(origin, |(_, rest)| rest)
-        .trim_end_matches('/');
-    if origin_host.eq_ignore_ascii_case(host) {
-        Ok(())
-    } else {
-        Err(format!(
-            "Origin {origin} is not this host ({host}): cross-origin console connections are refused"
-        ))
-    }
 }
 
 /// Parses one text message of the page.
@@ -379,26 +359,7 @@ fn workers_message(table: &[crate::endpoint::EndpointSnapshot]) -> Message {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderValue;
     use voxwire_proto::tts::AudioFrame;
-
-    fn headers(host: &str, origin: Option<&str>) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(header::HOST, HeaderValue::from_str(host).unwrap());
-        if let Some(origin) = origin {
-            h.insert(header::ORIGIN, HeaderValue::from_str(origin).unwrap());
-        }
-        h
-    }
-
-    #[test]
-    fn origin_must_be_this_host() {
-        assert!(check_origin(&headers("127.0.0.1:8080", None)).is_ok());
-        assert!(check_origin(&headers("127.0.0.1:8080", Some("http://127.0.0.1:8080"))).is_ok());
-        assert!(check_origin(&headers("Voxwire:8080", Some("https://voxwire:8080"))).is_ok());
-        assert!(check_origin(&headers("127.0.0.1:8080", Some("http://evil.example"))).is_err());
-        assert!(check_origin(&headers("127.0.0.1:8080", Some("http://127.0.0.1:9999"))).is_err());
-    }
 
     #[test]
     fn page_messages_become_converse_requests() {
