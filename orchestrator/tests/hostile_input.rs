@@ -233,6 +233,26 @@ fn a_message_past_the_size_limit_is_refused_out_of_range() {
     });
 }
 
+/// Sends `requests` as one Transcribe stream and reads every event: the
+/// call's outcome, or `None` if it outlived [`CALL_BOUND`].
+async fn transcribe_all(
+    channel: Channel,
+    requests: Vec<RecognizeRequest>,
+) -> Option<Result<(), Status>> {
+    tokio::time::timeout(CALL_BOUND, async {
+        let mut events = VoxwireClient::new(channel)
+            .transcribe(tokio_stream::iter(requests))
+            .await?
+            .into_inner();
+        while let Some(event) = events.next().await {
+            event?;
+        }
+        Ok::<(), Status>(())
+    })
+    .await
+    .ok()
+}
+
 /// The orchestrator's own audio limits (--max-chunk-bytes,
 /// --max-stream-seconds) are the ones it enforces, not the protocol defaults:
 /// it used to validate client audio against `SttLimits::default()` whatever
@@ -257,19 +277,10 @@ fn transcribe_enforces_the_configured_audio_limits() {
         }))
         .collect();
         async move {
-            tokio::time::timeout(CALL_BOUND, async {
-                let mut events = VoxwireClient::new(channel)
-                    .transcribe(tokio_stream::iter(requests(&steps)))
-                    .await?
-                    .into_inner();
-                while let Some(event) = events.next().await {
-                    event?;
-                }
-                Ok::<(), Status>(())
-            })
-            .await
-            .expect("Transcribe ends")
-            .expect_err("refused")
+            transcribe_all(channel, requests(&steps))
+                .await
+                .expect("Transcribe ends")
+                .expect_err("refused")
         }
     };
     rt.block_on(async {
@@ -353,18 +364,9 @@ fn transcribe_refuses_every_invalid_request_stream_with_the_rule_it_breaks() {
                 expected = validator.half_closed().err();
             }
             rt.block_on(async {
-                let outcome = tokio::time::timeout(CALL_BOUND, async {
-                    let mut events = VoxwireClient::new(stack.channel.clone())
-                        .transcribe(tokio_stream::iter(requests))
-                        .await?
-                        .into_inner();
-                    while let Some(event) = events.next().await {
-                        event?;
-                    }
-                    Ok::<(), Status>(())
-                })
-                .await
-                .map_err(|_| TestCaseError::fail("Transcribe hung"))?;
+                let outcome = transcribe_all(stack.channel.clone(), requests)
+                    .await
+                    .ok_or_else(|| TestCaseError::fail("Transcribe hung"))?;
                 match (&expected, outcome) {
                     (Some(violation), Err(status)) => {
                         prop_assert_eq!(
