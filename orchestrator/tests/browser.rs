@@ -344,13 +344,7 @@ async fn console_in_headless_chromium() {
         .send_keys("Hello from the voxwire console.")
         .await
         .expect("type");
-    client
-        .find_id("say")
-        .await
-        .expect("say")
-        .click()
-        .await
-        .expect("click say");
+    client.click_id("say").await.expect("click say");
     let first_audio = wait_js(
         &client,
         "const s = window.voxwire.stats; return s.framesPlayed > 0 && s.lastFirstAudioMs;",
@@ -380,13 +374,7 @@ async fn console_in_headless_chromium() {
     // 3. The fake microphone's speech comes back as a final transcript, and
     // with echo on it is spoken back.
     let session = stat(&client, "sessionId").await;
-    client
-        .find_id("echo")
-        .await
-        .expect("echo")
-        .click()
-        .await
-        .expect("echo on");
+    client.click_id("echo").await.expect("echo on");
     wait_js(
         &client,
         &format!(
@@ -430,13 +418,7 @@ async fn console_in_headless_chromium() {
     text_box.clear().await.expect("clear");
     text_box.send_keys(LONG).await.expect("type");
     let before = stat(&client, "framesPlayed").await.as_u64().unwrap_or(0);
-    client
-        .find_id("say")
-        .await
-        .expect("say")
-        .click()
-        .await
-        .expect("click say");
+    client.click_id("say").await.expect("click say");
     wait_js(
         &client,
         &format!(
@@ -449,13 +431,7 @@ async fn console_in_headless_chromium() {
     .await;
     let streams = voice_worker.running.worker.load_metrics()[ACTIVE_STREAMS];
     assert!(streams >= 1.0, "synthesis still running: {streams}");
-    client
-        .find_id("interrupt")
-        .await
-        .expect("interrupt")
-        .click()
-        .await
-        .expect("click interrupt");
+    client.click_id("interrupt").await.expect("click interrupt");
     let interrupt_ms = wait_js(
         &client,
         "return window.voxwire.stats.lastInterruptMs;",

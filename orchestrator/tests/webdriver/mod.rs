@@ -152,6 +152,11 @@ impl Session {
         })
     }
 
+    /// Finds `#id` and clicks it.
+    pub async fn click_id(&self, id: &str) -> Result<()> {
+        self.find_id(id).await?.click().await
+    }
+
     /// The page as a PNG.
     pub async fn screenshot(&self) -> Result<Vec<u8>> {
         let encoded = self.get("/screenshot").await?;
