@@ -182,7 +182,7 @@ pub async fn start(spec: &StackSpec, bins: &Bins, logs: &Path, tag: &str) -> Res
 async fn wait_pool_serving(http: &str, workers: usize, timeout: Duration) -> Result<()> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        if let Ok(body) = http_get(http, "/api/workers").await {
+        if let Ok(body) = voxwire_reliability::http::get(http, "/api/workers").await {
             let serving = serde_json::from_str::<Vec<serde_json::Value>>(&body)
                 .map(|all| all.iter().filter(|e| e["state"] == "SERVING").count())
                 .unwrap_or(0);
@@ -197,19 +197,4 @@ async fn wait_pool_serving(http: &str, workers: usize, timeout: Duration) -> Res
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// A minimal HTTP/1.0 GET: the body, whatever the status.
-async fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    Ok(response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default())
 }
