@@ -10,12 +10,14 @@
 
 mod decoder;
 mod error;
+mod loops;
 mod model;
 mod recognizer;
+mod timestamps;
 mod vad;
 
 pub use error::WhisperError;
-pub use model::{AudioContext, Transcription, WhisperModel};
+pub use model::{AudioContext, TranscriptSegment, Transcription, WhisperModel};
 pub use recognizer::{EndpointConfig, Recognizer, RecognizerEvent};
 
 /// The only sample rate the engine takes: mono f32 PCM at 16 kHz, in -1..1.

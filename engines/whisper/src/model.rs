@@ -9,18 +9,22 @@ use tokenizers::Tokenizer;
 
 use crate::decoder::CachedDecoder;
 use crate::error::WhisperError;
+use crate::loops::{self, LoopDetector};
+use crate::timestamps::{Segment, Segmented, TimestampTokens, SECONDS_PER_STEP};
 
 /// Samples in one 30 s encoder window.
 const WINDOW_SAMPLES: usize = whisper::N_SAMPLES;
-/// When a clip is longer than a window, the cut is searched for in this last
-/// stretch of the window: long enough to hold a pause between phrases.
-const CUT_SEARCH_SAMPLES: usize = 5 * whisper::SAMPLE_RATE;
+/// A window whose phrases all closed this long before its end, with sound
+/// after them, is decoded again from the last phrase's end: the model
+/// sometimes stops early on long audio, and those words would be lost.
+const RESUME_AFTER_SECONDS: f64 = 1.0;
 /// Whisper's limit on sampled tokens per window (half the text context).
 const MAX_WINDOW_TOKENS: usize = 224;
-/// No speaker produces more than this many tokens per second of audio; a decode
-/// that runs past it is looping, so it is stopped early and judged failed,
-/// rather than spending 224 decoder steps on a repetition.
-const MAX_TOKENS_PER_SECOND: f64 = 8.0;
+/// No speaker produces more than this many tokens per second of audio
+/// (timestamps included, two per phrase); a decode that runs past it is
+/// looping, so it is stopped early and judged failed, rather than spending
+/// 224 decoder steps on a repetition.
+const MAX_TOKENS_PER_SECOND: f64 = 10.0;
 /// Windows quieter than this RMS hold no speech; decoding them only invites
 /// hallucinated text.
 const SILENT_WINDOW_RMS: f32 = 1e-4;
@@ -46,8 +50,20 @@ pub struct Transcription {
     pub no_speech_prob: f32,
     /// The highest sampling temperature any window needed (0 = greedy held).
     pub temperature: f32,
-    /// How many 30 s encoder windows the audio took.
+    /// How many encoder windows the audio took (at most 30 s each).
     pub windows: usize,
+    /// The phrases, as the model's timestamps delimit them; `text` is their
+    /// texts joined by spaces.
+    pub segments: Vec<TranscriptSegment>,
+}
+
+/// One phrase of a [`Transcription`], with where it lies in the audio.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TranscriptSegment {
+    /// Milliseconds from the start of the transcribed audio.
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub text: String,
 }
 
 impl Transcription {
@@ -59,6 +75,7 @@ impl Transcription {
             no_speech_prob: 1.0,
             temperature: 0.0,
             windows: 0,
+            segments: Vec::new(),
         }
     }
 }
@@ -125,16 +142,16 @@ struct Inner {
     tokenizer: Tokenizer,
     mel_filters: Vec<f32>,
     device: Device,
-    /// Token ids never sampled: the config's suppress_tokens, plus every special
-    /// and timestamp token except end-of-text (the prompt asks for no
-    /// timestamps, and a special token mid-transcript is meaningless).
+    /// Token ids never sampled: the config's suppress_tokens, plus every
+    /// special token but end-of-text and the timestamps (a special token
+    /// mid-transcript is meaningless).
     suppressed: Vec<usize>,
     /// Extra ids suppressed on the first sampled token only: a leading blank or
     /// an immediate end-of-text.
     begin_suppressed: Vec<usize>,
     sot: u32,
     eot: u32,
-    no_timestamps: u32,
+    timestamps: TimestampTokens,
     no_speech: usize,
 }
 
@@ -225,8 +242,15 @@ impl WhisperModel {
             .map(|&t| t as usize)
             .filter(|&t| t < vocab)
             .collect();
-        // Special tokens sit above end-of-text in every Whisper vocabulary.
-        suppressed.extend((eot as usize + 1)..vocab);
+        // Special tokens sit between end-of-text and the timestamps in every
+        // Whisper vocabulary; the timestamps follow <|notimestamps|>.
+        let timestamps = TimestampTokens {
+            begin: tokenizer
+                .token_to_id("<|0.00|>")
+                .unwrap_or(no_timestamps + 1),
+            eot,
+        };
+        suppressed.extend((eot as usize + 1)..(timestamps.begin as usize).min(vocab));
         suppressed.sort_unstable();
         suppressed.dedup();
         let begin_suppressed = begin_suppress.into_iter().filter(|&t| t < vocab).collect();
@@ -243,7 +267,7 @@ impl WhisperModel {
                 begin_suppressed,
                 sot,
                 eot,
-                no_timestamps,
+                timestamps,
                 no_speech: no_speech as usize,
             }),
             seed: DEFAULT_SEED,
@@ -281,47 +305,94 @@ impl WhisperModel {
         }
         let mut whisper = self.inner.whisper.clone();
         let mut rng = SplitMix64(self.seed);
-        let mut texts: Vec<String> = Vec::new();
+        let mut previous_letters = String::new();
+        let mut segments: Vec<TranscriptSegment> = Vec::new();
         let mut logprob_sum = 0.0f64;
         let mut token_count = 0usize;
         let mut first_no_speech: Option<f64> = None;
         let mut max_temperature = 0.0f64;
         let mut windows = 0usize;
 
-        let mut start = 0usize;
-        while start < pcm.len() {
-            let end = if pcm.len() - start <= WINDOW_SAMPLES {
-                pcm.len()
-            } else {
-                let search_from = start + WINDOW_SAMPLES - CUT_SEARCH_SAMPLES;
-                quietest_point(pcm, search_from, start + WINDOW_SAMPLES)
-            };
-            let window = &pcm[start..end];
-            start = end;
+        // Windows follow the words, as Whisper's own long-form decoding does:
+        // each starts where the last phrase the previous one finished ended,
+        // so a phrase cut by a window's edge is decoded whole in the next.
+        let mut seek = 0usize;
+        while seek < pcm.len() {
+            let end = (seek + WINDOW_SAMPLES).min(pcm.len());
+            let window = &pcm[seek..end];
+            let window_start = seek;
             windows += 1;
             if rms(window) < SILENT_WINDOW_RMS {
+                seek = end;
                 continue;
             }
             let decoded = self.decode_window(&mut whisper, window, effort, &mut rng)?;
             first_no_speech.get_or_insert(decoded.no_speech_prob);
             max_temperature = max_temperature.max(decoded.temperature);
             if decoded.is_silence() {
+                seek = end;
                 continue;
             }
-            // The end-of-text token counts as one, as in Whisper's average.
             logprob_sum += decoded.sum_logprob;
             token_count += decoded.tokens.len() + 1;
-            let text = self.detokenize(&decoded.tokens)?;
-            if !text.is_empty() {
-                texts.push(text);
+
+            let window_seconds = window.len() as f64 / f64::from(crate::SAMPLE_RATE);
+            let last_window = end == pcm.len();
+            let Segmented { complete, open } = self.inner.timestamps.segments(&decoded.tokens);
+            let mut taken = complete;
+            let mut consumed = taken.last().map_or(window_seconds, |s| s.end);
+            match open {
+                // A phrase still open when the decode stopped: where it ends
+                // is unknown, so the next window decodes it again, unless
+                // nothing else would make progress.
+                Some(open) if last_window || taken.is_empty() => {
+                    taken.push(Segment {
+                        end: window_seconds,
+                        ..open
+                    });
+                    consumed = window_seconds;
+                }
+                Some(_) => {}
+                None => {
+                    // Every phrase closed. Speech well after the last one
+                    // means the model stopped early: decode that part again.
+                    let rest = seconds_to_samples(consumed).min(window.len());
+                    let unheard = window_seconds - consumed;
+                    if unheard < RESUME_AFTER_SECONDS || rms(&window[rest..]) < SILENT_WINDOW_RMS {
+                        consumed = window_seconds;
+                    }
+                }
             }
+            for segment in taken {
+                let text = self.detokenize(&segment.tokens)?;
+                let letters = loops::letters(&text);
+                let seconds = segment.end.min(window_seconds) - segment.start;
+                if loops::is_invented(&letters, seconds, &previous_letters) {
+                    continue;
+                }
+                previous_letters = letters;
+                let offset = window_start as f64 / f64::from(crate::SAMPLE_RATE);
+                segments.push(TranscriptSegment {
+                    start_ms: ((offset + segment.start) * 1000.0).round() as i64,
+                    end_ms: ((offset + segment.end.min(window_seconds)) * 1000.0).round() as i64,
+                    text,
+                });
+            }
+            // Always forward: at least one timestamp step.
+            let advance = seconds_to_samples(consumed).max(seconds_to_samples(SECONDS_PER_STEP));
+            seek = (seek + advance).min(end.max(seek + 1));
         }
 
         let mut result = Transcription::empty();
         result.windows = windows;
         result.temperature = max_temperature as f32;
         result.no_speech_prob = first_no_speech.unwrap_or(1.0) as f32;
-        result.text = texts.join(" ");
+        result.text = segments
+            .iter()
+            .map(|s| s.text.as_str())
+            .collect::<Vec<_>>()
+            .join(" ");
+        result.segments = segments;
         if token_count > 0 {
             let avg = logprob_sum / token_count as f64;
             result.avg_logprob = avg as f32;
@@ -396,7 +467,7 @@ impl WhisperModel {
         };
         let mut best: Option<WindowDecode> = None;
         for &temperature in temperatures {
-            let decoded = self.decode_tokens(&features, temperature, max_tokens, rng)?;
+            let decoded = self.decode_tokens(&features, seconds, temperature, max_tokens, rng)?;
             if !decoded.needs_fallback() || decoded.is_silence() {
                 return Ok(decoded);
             }
@@ -406,7 +477,7 @@ impl WhisperModel {
             });
         }
         // Every temperature failed: keep the least bad attempt rather than
-        // nothing, as Whisper does.
+        // nothing, as Whisper does (its repetitions are collapsed later).
         best.ok_or(WhisperError::Model(candle_core::Error::Msg(
             "no temperature to decode with".into(),
         )))
@@ -415,18 +486,23 @@ impl WhisperModel {
     fn decode_tokens(
         &self,
         features: &Tensor,
+        audio_seconds: f64,
         temperature: f64,
         max_tokens: usize,
         rng: &mut SplitMix64,
     ) -> Result<WindowDecode, WhisperError> {
         let inner = &self.inner;
         let decoder = &inner.decoder;
-        let prompt = [inner.sot, inner.no_timestamps];
+        let prompt = [inner.sot];
         let mut tokens: Vec<u32> = prompt.to_vec();
         let mut state = decoder.start(features)?;
         let mut sum_logprob = 0.0f64;
         let mut no_speech_prob = 0.0f64;
         let mut finished = false;
+        let mut looped = false;
+        let mut detector = LoopDetector::default();
+        // Where each word token sits in `tokens`, to cut a loop off.
+        let mut word_positions: Vec<usize> = Vec::new();
         let max_tokens = max_tokens.min(decoder.max_len().saturating_sub(prompt.len()));
         for step in 0..max_tokens {
             // The prompt goes in whole on the first step; after that the cache
@@ -450,6 +526,9 @@ impl WhisperModel {
                     logits[id] = f32::NEG_INFINITY;
                 }
             }
+            inner
+                .timestamps
+                .constrain(&tokens[prompt.len()..], audio_seconds, &mut logits);
             let logprobs = log_softmax(&logits);
             let next = if temperature > 0.0 {
                 sample(&logits, temperature, rng)
@@ -462,12 +541,31 @@ impl WhisperModel {
                 break;
             }
             tokens.push(next as u32);
+            if inner.timestamps.is_timestamp(next as u32) {
+                continue;
+            }
+            word_positions.push(tokens.len() - 1);
+            let piece = inner.tokenizer.id_to_token(next as u32).unwrap_or_default();
+            if let Some(keep) = detector.push(&piece) {
+                // Stop at once: every further step would only extend the
+                // loop. The copy goes; what came before it stays.
+                tokens.truncate(word_positions[keep]);
+                looped = true;
+                finished = true;
+                break;
+            }
         }
         let tokens = tokens.split_off(prompt.len());
-        let text = self.detokenize(&tokens)?;
+        let words: Vec<u32> = tokens
+            .iter()
+            .copied()
+            .filter(|&t| !inner.timestamps.is_timestamp(t))
+            .collect();
+        let text = self.detokenize(&words)?;
         Ok(WindowDecode {
             avg_logprob: sum_logprob / (tokens.len() + 1) as f64,
             compression_ratio: compression_ratio(&text),
+            loops: looped,
             tokens,
             sum_logprob,
             no_speech_prob,
@@ -479,17 +577,25 @@ impl WhisperModel {
 
 /// One window's decode at one temperature.
 struct WindowDecode {
+    /// Words and timestamps, without the prompt or end-of-text.
     tokens: Vec<u32>,
     sum_logprob: f64,
     avg_logprob: f64,
     no_speech_prob: f64,
     compression_ratio: f64,
+    /// Whether the decode was stopped because it started saying again what
+    /// it had just said (the copy is cut off `tokens`).
+    loops: bool,
     temperature: f64,
-    /// Whether end-of-text was reached before the token limit.
+    /// Whether end-of-text was reached, or a loop cut, before the token
+    /// limit.
     finished: bool,
 }
 
 impl WindowDecode {
+    /// A loop cut short is not a failure in itself: the text before the copy
+    /// is what was said, and retrying hotter costs five more decodes that
+    /// mostly loop again. What is left must still pass Whisper's checks.
     fn needs_fallback(&self) -> bool {
         !self.finished
             || self.compression_ratio > COMPRESSION_RATIO_THRESHOLD
@@ -502,12 +608,13 @@ impl WindowDecode {
         self.no_speech_prob > NO_SPEECH_THRESHOLD && self.avg_logprob < LOGPROB_THRESHOLD
     }
 
-    /// Orders failed attempts: finished and not repetitive first, then by
-    /// likelihood.
+    /// Orders failed attempts: finished, not looping and not repetitive
+    /// first, then by likelihood.
     fn is_better_than(&self, other: &WindowDecode) -> bool {
         let rank = |d: &WindowDecode| {
             (
                 d.finished,
+                !d.loops,
                 d.compression_ratio <= COMPRESSION_RATIO_THRESHOLD,
             )
         };
@@ -518,7 +625,11 @@ impl WindowDecode {
     }
 }
 
-fn log_softmax(logits: &[f32]) -> Vec<f64> {
+fn seconds_to_samples(seconds: f64) -> usize {
+    (seconds.max(0.0) * f64::from(crate::SAMPLE_RATE)).round() as usize
+}
+
+pub(crate) fn log_softmax(logits: &[f32]) -> Vec<f64> {
     let max = logits
         .iter()
         .copied()

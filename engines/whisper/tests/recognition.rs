@@ -63,10 +63,15 @@ fn transcribes_over_thirty_seconds_without_losing_the_seam() {
     eprintln!("{seconds:.1} s, WER {wer:.3}: {:?}", result.text);
     assert_eq!(result.windows, 2);
     assert!(wer <= WER_BOUND, "WER {wer:.3} for {:?}", result.text);
-    // The seam falls in the fourth sentence; its neighbours must both be there.
+    // The seam falls in the fourth sentence; its neighbours must both be
+    // there. (tiny.en hears espeak's "cathedral" in the last sentence now and
+    // then as something else, so that sentence is checked by its other words.)
     let text = result.text.to_lowercase();
     assert!(text.contains("maritime"), "{text}");
-    assert!(text.contains("cathedral"), "{text}");
+    assert!(
+        text.contains("library") && text.contains("period"),
+        "{text}"
+    );
 }
 
 fn stream(
@@ -259,4 +264,66 @@ fn endpointing_holds_in_steady_noise() {
     }
     // The leading second of noise is not part of the first utterance.
     assert!(spoken[0].start_ms >= 700, "{:?}", spoken[0]);
+}
+
+/// Sentences each said once, by the project's own voice: on Piper speech the
+/// decoder used to loop, returning "Please turn off the kitchen lights before
+/// you leave." two to four times (issue 17).
+const PIPER_SENTENCES: &[&str] = &[
+    "Please turn off the kitchen lights before you leave.",
+    "The meeting has been moved to three o'clock on Thursday.",
+    "Can you remind me to call my mother tomorrow morning?",
+];
+
+/// How often the longest word of `sentence` appears in `text`.
+fn times_said(sentence: &str, text: &str) -> usize {
+    let word = voxwire_testkit::wer::normalize(sentence)
+        .into_iter()
+        .max_by_key(|w| w.len())
+        .expect("a word");
+    voxwire_testkit::wer::normalize(text)
+        .iter()
+        .filter(|w| **w == word)
+        .count()
+}
+
+#[test]
+fn piper_speech_is_not_transcribed_as_a_repeated_sentence() {
+    let Some(model) = common::model() else { return };
+    let mut all = Vec::new();
+    for sentence in PIPER_SENTENCES {
+        let Some(pcm) = common::speak_piper(sentence) else {
+            return;
+        };
+        // The whole-file path: one sentence at a time, then all of them in
+        // one clip with pauses, then streamed through the recognizer.
+        let text = model.transcribe(&pcm).expect("transcribe").text;
+        eprintln!("{sentence:?} -> {text:?}");
+        assert_eq!(times_said(sentence, &text), 1, "{sentence:?} -> {text:?}");
+        let wer = word_error_rate(sentence, &text);
+        assert!(wer <= WER_BOUND, "WER {wer:.3} for {text:?}");
+        all.extend(pcm);
+        all.extend(common::silence(700));
+    }
+    let script = PIPER_SENTENCES.join(" ");
+    let whole = model.transcribe(&all).expect("transcribe").text;
+    eprintln!("whole clip -> {whole:?}");
+    let mut recognizer = Recognizer::new(model, EndpointConfig::default(), true);
+    let (streamed, after_end) = stream(&mut recognizer, &all);
+    common::validate(&streamed, &after_end, true);
+    let finals = streamed
+        .iter()
+        .chain(&after_end)
+        .filter(|e| e.is_final && !e.text.is_empty())
+        .map(|e| e.text.as_str())
+        .collect::<Vec<_>>()
+        .join(" ");
+    eprintln!("streamed finals -> {finals:?}");
+    for text in [&whole, &finals] {
+        for sentence in PIPER_SENTENCES {
+            assert_eq!(times_said(sentence, text), 1, "{sentence:?} in {text:?}");
+        }
+        let wer = word_error_rate(&script, text);
+        assert!(wer <= WER_BOUND, "WER {wer:.3} for {text:?}");
+    }
 }

@@ -1,4 +1,5 @@
-//! Real speech for the tests, spoken by espeak-ng at test time.
+//! Real speech for the tests, spoken at test time by espeak-ng or by the
+//! project's own Piper voice.
 #![allow(dead_code)]
 
 use voxwire_whisper::{RecognizerEvent, WhisperModel, SAMPLE_RATE};
@@ -18,6 +19,19 @@ pub fn speak(text: &str) -> Option<Vec<f32>> {
     let (samples, rate) = voxwire_testkit::speech::espeak(text)?;
     let samples = voxwire_dsp::i16_to_f32(&samples);
     Some(voxwire_dsp::resample(&samples, rate, SAMPLE_RATE).expect("resampling"))
+}
+
+/// `text` spoken by the project's Piper voice (en_US-joe-medium, its default
+/// scales) as 16 kHz f32, sentence after sentence. `None` when the voice is
+/// missing outside CI; in CI that is a failure.
+pub fn speak_piper(text: &str) -> Option<Vec<f32>> {
+    let dir = voxwire_testkit::model_dir(voxwire_testkit::PIPER_JOE_MEDIUM)?;
+    let voice = voxwire_piper::PiperVoice::load(&dir).expect("the Piper voice loads");
+    let scales = voxwire_piper::Scales::from_config(voice.config());
+    let pcm = voice
+        .synthesize_sentence(text, scales, 0)
+        .expect("Piper speaks");
+    Some(voxwire_dsp::resample(&pcm, voice.config().sample_rate, SAMPLE_RATE).expect("resampling"))
 }
 
 pub fn silence(ms: u32) -> Vec<f32> {
