@@ -46,11 +46,15 @@ pub struct Args {
     /// Longest stream accepted, in seconds of audio.
     #[arg(long, env = "VOXWIRE_MAX_STREAM_SECONDS", default_value_t = SttLimits::default().max_stream_seconds)]
     pub max_stream_seconds: u32,
-    /// Silence that ends an utterance, in milliseconds.
-    #[arg(long, env = "VOXWIRE_ENDPOINT_SILENCE_MS", default_value_t = 500)]
+    /// Silence that ends an utterance, in milliseconds: longer than a pause
+    /// mid-sentence. The final is decoded while it runs.
+    #[arg(long, env = "VOXWIRE_ENDPOINT_SILENCE_MS", default_value_t = EndpointConfig::default().min_silence_ms)]
     pub endpoint_silence_ms: u32,
+    /// Speech before an utterance's first partial transcript, in milliseconds.
+    #[arg(long, env = "VOXWIRE_FIRST_PARTIAL_MS", default_value_t = EndpointConfig::default().first_partial_ms)]
+    pub first_partial_ms: u32,
     /// Audio between two partial transcripts, in milliseconds.
-    #[arg(long, env = "VOXWIRE_PARTIAL_INTERVAL_MS", default_value_t = 1_000)]
+    #[arg(long, env = "VOXWIRE_PARTIAL_INTERVAL_MS", default_value_t = EndpointConfig::default().partial_interval_ms)]
     pub partial_interval_ms: u32,
     /// Bound on finishing in-flight work after SIGTERM, in seconds.
     #[arg(long, env = "VOXWIRE_DRAIN_SECONDS", default_value_t = 10)]
@@ -73,8 +77,9 @@ impl Args {
             metrics_listen: None,
             max_chunk_bytes: SttLimits::default().max_chunk_bytes,
             max_stream_seconds: SttLimits::default().max_stream_seconds,
-            endpoint_silence_ms: 500,
-            partial_interval_ms: 1_000,
+            endpoint_silence_ms: EndpointConfig::default().min_silence_ms,
+            first_partial_ms: EndpointConfig::default().first_partial_ms,
+            partial_interval_ms: EndpointConfig::default().partial_interval_ms,
             drain_seconds: 5,
             max_message_bytes: voxwire_service::limits::DEFAULT_MAX_MESSAGE_BYTES,
             tls: ServerTlsArgs::default(),
@@ -124,6 +129,7 @@ pub async fn start(
         },
         endpointing: EndpointConfig {
             min_silence_ms: args.endpoint_silence_ms,
+            first_partial_ms: args.first_partial_ms,
             partial_interval_ms: args.partial_interval_ms,
             ..EndpointConfig::default()
         },

@@ -2,7 +2,7 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use crate::error::WhisperError;
-use crate::model::{quietest_point, Effort, WhisperModel};
+use crate::model::{quietest_point, Effort, Transcription, WhisperModel};
 use crate::vad::{EnergyVad, VadSettings, FRAME_SAMPLES};
 use crate::SAMPLE_RATE;
 
@@ -22,7 +22,9 @@ pub struct EndpointConfig {
     pub min_speech_level_db: f32,
     /// The floor is the quietest frame of this much recent audio.
     pub noise_window_ms: u32,
-    /// Non-speech that ends an utterance.
+    /// Non-speech that ends an utterance: longer than a pause mid-sentence.
+    /// The final is decoded while this runs (see `post_roll_ms`), so it is
+    /// ready when the endpoint is.
     pub min_silence_ms: u32,
     /// Utterances with less speech than this are dropped as noise (unless a
     /// partial already announced them, in which case they get a final).
@@ -31,13 +33,17 @@ pub struct EndpointConfig {
     /// rest of the speech continues as the next utterance. Kept under 30 s so
     /// an utterance fits one Whisper window.
     pub max_utterance_ms: u32,
+    /// Speech before an utterance's first partial result.
+    pub first_partial_ms: u32,
     /// Audio of an open utterance between two partial results, at least;
     /// the recognizer stretches it to twice the last partial's compute time
     /// so partials never make it fall behind real time.
     pub partial_interval_ms: u32,
     /// Audio kept before the first speech frame, so onsets are not clipped.
     pub pre_roll_ms: u32,
-    /// Audio kept after the last speech frame.
+    /// Audio kept after the last speech frame. The final is decoded as soon
+    /// as this much silence has followed the speech, before the endpoint is
+    /// sure, so that it is ready when the endpoint is.
     pub post_roll_ms: u32,
 }
 
@@ -49,12 +55,15 @@ impl Default for EndpointConfig {
             noise_floor_min_db: -65.0,
             min_speech_level_db: -50.0,
             noise_window_ms: 3_000,
-            min_silence_ms: 500,
+            // The Piper voice pauses 280-300 ms at a comma (espeak-ng about
+            // 160 ms); 400 ms rides over both with room for noise.
+            min_silence_ms: 400,
             min_speech_ms: 150,
             max_utterance_ms: 28_000,
+            first_partial_ms: 300,
             partial_interval_ms: 1_000,
             pre_roll_ms: 200,
-            post_roll_ms: 200,
+            post_roll_ms: 100,
         }
     }
 }
@@ -85,6 +94,7 @@ pub struct Recognizer {
     /// Settings in samples.
     min_silence: usize,
     min_speech: usize,
+    first_partial: usize,
     max_utterance: usize,
     partial_interval: usize,
     pre_roll: usize,
@@ -117,7 +127,18 @@ struct Utterance {
     voiced_end: usize,
     /// Assigned with the first event, so dropped noise uses up no id.
     id: Option<u64>,
-    partial_at: usize,
+    /// Length of `audio` at the last partial; `None` before the first.
+    partial_at: Option<usize>,
+    /// The final, decoded ahead in the silence after the speech: valid
+    /// while no speech follows.
+    speculated: Option<Speculated>,
+}
+
+/// A transcript of the first `audio_len` samples of an utterance.
+#[derive(Debug)]
+struct Speculated {
+    audio_len: usize,
+    transcription: Transcription,
 }
 
 fn ms_to_samples(ms: u32) -> usize {
@@ -149,6 +170,7 @@ impl Recognizer {
             vad,
             min_silence: ms_to_samples(config.min_silence_ms).max(FRAME_SAMPLES),
             min_speech: ms_to_samples(config.min_speech_ms),
+            first_partial: ms_to_samples(config.first_partial_ms),
             max_utterance,
             partial_interval: ms_to_samples(config.partial_interval_ms).max(FRAME_SAMPLES * 5),
             pre_roll: ms_to_samples(config.pre_roll_ms),
@@ -205,7 +227,7 @@ impl Recognizer {
         match self.open.take() {
             Some(mut utterance) => {
                 utterance.audio.extend_from_slice(&tail);
-                let keep = (utterance.voiced_end + self.post_roll).min(utterance.audio.len());
+                let keep = self.final_len(&utterance);
                 utterance.audio.truncate(keep);
                 // Too little speech to transcribe: a final is still owed.
                 let transcribe = utterance.voiced >= self.min_speech;
@@ -248,7 +270,8 @@ impl Recognizer {
                     voiced: frame.len(),
                     silence_run: 0,
                     id: None,
-                    partial_at: 0,
+                    partial_at: None,
+                    speculated: None,
                 });
             } else {
                 self.history.extend(frame.iter().copied());
@@ -263,8 +286,24 @@ impl Recognizer {
             utterance.voiced += frame.len();
             utterance.silence_run = 0;
             utterance.voiced_end = utterance.audio.len();
+            // Speech again: whatever was decoded ahead is no longer the end.
+            utterance.speculated = None;
         } else {
             utterance.silence_run += frame.len();
+            if utterance.silence_run >= self.post_roll
+                && utterance.speculated.is_none()
+                && utterance.voiced >= self.min_speech
+            {
+                // The audio the final would have, if the silence holds: decode
+                // it now rather than after the endpoint. Depends on the audio
+                // alone, so paced and unpaced streams end utterances alike.
+                let audio_len = self.final_len(&utterance);
+                let transcription = self.model.transcribe(&utterance.audio[..audio_len])?;
+                utterance.speculated = Some(Speculated {
+                    audio_len,
+                    transcription,
+                });
+            }
         }
 
         if utterance.silence_run >= self.min_silence {
@@ -274,13 +313,18 @@ impl Recognizer {
         } else {
             // Only on a speech frame: in a pause the utterance may be about to
             // end, and a partial then would only delay its final.
+            let due = match utterance.partial_at {
+                None => utterance.voiced >= self.first_partial,
+                Some(at) => {
+                    utterance.audio.len() - at >= self.partial_interval.max(2 * self.partial_cost)
+                }
+            };
             if self.partials
                 && utterance.silence_run == 0
                 && utterance.voiced >= self.min_speech
-                && utterance.audio.len() - utterance.partial_at
-                    >= self.partial_interval.max(2 * self.partial_cost)
+                && due
             {
-                utterance.partial_at = utterance.audio.len();
+                utterance.partial_at = Some(utterance.audio.len());
                 if let Some(event) = self.partial_event(&mut utterance)? {
                     events.push(event);
                 }
@@ -290,6 +334,12 @@ impl Recognizer {
         Ok(())
     }
 
+    /// How much of an utterance's audio its final covers: the speech and the
+    /// post-roll after it.
+    fn final_len(&self, utterance: &Utterance) -> usize {
+        (utterance.voiced_end + self.post_roll).min(utterance.audio.len())
+    }
+
     /// The utterance ended in silence: its final, unless it was noise nobody
     /// heard about.
     fn close(
@@ -297,7 +347,7 @@ impl Recognizer {
         mut utterance: Utterance,
         events: &mut Vec<RecognizerEvent>,
     ) -> Result<(), WhisperError> {
-        let keep = (utterance.voiced_end + self.post_roll).min(utterance.audio.len());
+        let keep = self.final_len(&utterance);
         // The silence after the kept audio is the next utterance's pre-roll.
         let trailing = &utterance.audio[keep..];
         let from = trailing.len().saturating_sub(self.pre_roll);
@@ -328,7 +378,8 @@ impl Recognizer {
             voiced_end: rest.len(),
             audio: rest,
             id: None,
-            partial_at: 0,
+            partial_at: None,
+            speculated: None,
         };
         utterance.voiced_end = utterance.voiced_end.min(cut);
         events.push(self.final_event(utterance, true)?);
@@ -373,7 +424,11 @@ impl Recognizer {
         transcribe: bool,
     ) -> Result<RecognizerEvent, WhisperError> {
         let (text, confidence) = if transcribe {
-            let result = self.model.transcribe(&utterance.audio)?;
+            let result = match utterance.speculated {
+                // Decoded ahead on exactly this audio.
+                Some(s) if s.audio_len == utterance.audio.len() => s.transcription,
+                _ => self.model.transcribe(&utterance.audio)?,
+            };
             (result.text, result.confidence)
         } else {
             (String::new(), 0.0)
