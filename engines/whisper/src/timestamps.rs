@@ -189,9 +189,10 @@ mod tests {
 
     fn allowed(sampled: &[u32], audio_seconds: f64) -> Vec<usize> {
         let mut logits = vec![0.0f32; VOCAB];
-        // Text a little more likely than any one timestamp, so the
-        // "timestamps together" rule does not hide the others.
-        logits[..BEGIN as usize].fill(5.0);
+        // Each text token more likely than all 151 timestamps together
+        // (ln 151 < 6), so the "timestamps together" rule does not hide the
+        // others.
+        logits[..BEGIN as usize].fill(6.0);
         tokens().constrain(sampled, audio_seconds, &mut logits);
         (0..VOCAB).filter(|&i| logits[i].is_finite()).collect()
     }
