@@ -4,11 +4,13 @@
 //! replay them on another worker; after it, a failure ends the stream.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Status};
 use tracing::Instrument;
+use voxwire_proto::audio::SAMPLE_BYTES;
 use voxwire_proto::stt::stt_service_client::SttServiceClient;
 use voxwire_proto::stt::{recognize_request, RecognitionConfig, RecognizeRequest, TranscriptEvent};
 use voxwire_proto::stt_stream::SttStreamValidator;
@@ -32,7 +34,22 @@ struct Relay<'a> {
     input_done: bool,
     /// Requests sent so far; `None` once an event reached the client.
     replay: Option<Vec<RecognizeRequest>>,
+    /// Milliseconds of audio the client has sent.
+    audio_ms: f64,
     out: &'a mpsc::Sender<TranscriptEvent>,
+}
+
+/// How long a worker may take, after the end of audio, per millisecond of
+/// audio it has not yet answered for. A whole file sent faster than real time
+/// leaves an honest backlog; a worker catching up at real time (Whisper tiny
+/// runs several times faster) is not wedged and must not be blamed for it.
+const BACKLOG_ALLOWANCE: f64 = 1.0;
+
+/// The deadline for the worker's next event once the audio has ended: the
+/// first-frame deadline, plus time for the audio not yet covered by an event.
+fn after_audio_deadline(first_frame: Duration, audio_ms: f64, answered_ms: i64) -> Duration {
+    let backlog_ms = (audio_ms - answered_ms.max(0) as f64).max(0.0);
+    first_frame + Duration::from_secs_f64(backlog_ms * BACKLOG_ALLOWANCE / 1000.0)
 }
 
 impl SttDispatcher {
@@ -62,6 +79,7 @@ impl SttDispatcher {
             input,
             input_done: false,
             replay: Some(Vec::new()),
+            audio_ms: 0.0,
             out,
         };
         let _in_flight = self.metrics.turn_in_flight("stt");
@@ -164,6 +182,10 @@ impl SttDispatcher {
             relay.config.session_id.clone(),
             relay.config.partial_results,
         );
+        // The end of the audio the worker has answered for, from its events'
+        // end_ms (partials count: they show progress).
+        let mut answered_ms = 0i64;
+        let sample_rate = f64::from(relay.config.sample_rate.max(1));
         let mut ended_input = relay.input_done;
         if ended_input {
             validator.end_of_audio();
@@ -173,6 +195,10 @@ impl SttDispatcher {
                 next = relay.input.recv(), if !relay.input_done => match next {
                     Some(request) => {
                         let is_end = matches!(&request.request, Some(recognize_request::Request::Audio(a)) if a.is_final);
+                        if let Some(recognize_request::Request::Audio(audio)) = &request.request {
+                            relay.audio_ms += audio.audio_data.len() as f64 * 1000.0
+                                / (sample_rate * SAMPLE_BYTES as f64);
+                        }
                         if let Some(replay) = relay.replay.as_mut() {
                             replay.push(request.clone());
                         }
@@ -186,7 +212,11 @@ impl SttDispatcher {
                         sender = None;
                     }
                 },
-                event = next_event(&mut events, relay.input_done, self.settings.first_frame_timeout) => {
+                event = next_event(
+                    &mut events,
+                    relay.input_done,
+                    after_audio_deadline(self.settings.first_frame_timeout, relay.audio_ms, answered_ms),
+                ) => {
                     let event = match event.map_err(|status| {
                         if status.code() == tonic::Code::DeadlineExceeded {
                             Status::deadline_exceeded(format!("worker {address}: {}", status.message()))
@@ -200,6 +230,7 @@ impl SttDispatcher {
                         }
                     };
                     validator.observe(&event).map_err(|v| self.violation(address, &v))?;
+                    answered_ms = answered_ms.max(event.end_ms);
                     // From here on the client saw output: no more retries.
                     relay.replay = None;
                     if relay.out.send(event).await.is_err() {
@@ -225,12 +256,12 @@ impl SttDispatcher {
 
 /// The worker's next event. While audio is still coming the worker may
 /// rightly stay silent (no speech yet); once the audio has ended, each event
-/// (the last finals) must come within `deadline`, or a wedged worker would
-/// hold the stream until the whole-call timeout.
+/// (the last finals) must come within `deadline` ([`after_audio_deadline`]),
+/// or a wedged worker would hold the stream until the whole-call timeout.
 async fn next_event(
     events: &mut tonic::Streaming<TranscriptEvent>,
     input_done: bool,
-    deadline: std::time::Duration,
+    deadline: Duration,
 ) -> Result<Option<TranscriptEvent>, Status> {
     if !input_done {
         return events.message().await;
@@ -240,5 +271,34 @@ async fn next_event(
         Err(_) => Err(Status::deadline_exceeded(format!(
             "no transcript event within {deadline:?} after the end of audio"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIRST: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn a_worker_that_answered_all_audio_gets_the_first_frame_deadline() {
+        assert_eq!(after_audio_deadline(FIRST, 4_000.0, 4_000), FIRST);
+        // end_ms past the audio (rounding) does not shorten it.
+        assert_eq!(after_audio_deadline(FIRST, 4_000.0, 4_020), FIRST);
+    }
+
+    #[test]
+    fn long_audio_sent_fast_leaves_time_for_its_backlog() {
+        // 61 s sent in a burst, nothing answered yet: the worker has the
+        // deadline plus the audio's length, not 10 s for a minute of speech.
+        assert_eq!(
+            after_audio_deadline(FIRST, 61_000.0, 0),
+            FIRST + Duration::from_secs(61)
+        );
+        // Each event shrinks what is left.
+        assert_eq!(
+            after_audio_deadline(FIRST, 61_000.0, 31_000),
+            FIRST + Duration::from_secs(30)
+        );
     }
 }

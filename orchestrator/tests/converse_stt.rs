@@ -11,6 +11,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::Code;
 use voxwire_orchestrator::config::Args;
+use voxwire_orchestrator::endpoint::EndpointState;
 use voxwire_orchestrator::metrics;
 use voxwire_proto::stt::stt_service_client::SttServiceClient;
 use voxwire_proto::stt::{
@@ -158,6 +159,50 @@ async fn stt_worker_silent_after_end_of_audio_fails_by_the_deadline() {
     );
     // One deadline per attempt (retries included), nowhere near the call timeout.
     assert!(elapsed < Duration::from_secs(10), "took {elapsed:?}");
+}
+
+/// A 61 s file sent faster than real time failed through the orchestrator
+/// ("no transcript event within 10s after the end of audio") and got the STT
+/// worker marked UNRESPONSIVE for everyone, although the worker was honestly
+/// working through its backlog. The deadline after the end of audio now
+/// grows with the audio the worker has not answered for yet.
+#[tokio::test]
+async fn long_audio_backlog_is_not_blamed_on_the_stt_worker() {
+    let stt = fake_stt(FakeStt {
+        catch_up_rtf: Some(0.5),
+        ..FakeStt::default()
+    })
+    .await;
+    let orch = orchestrator(Args {
+        stt: stt.address(),
+        // Each window takes 500 ms: longer than this deadline on its own.
+        first_frame_timeout_ms: 300,
+        ..Args::for_tests()
+    })
+    .await;
+    orch.wait_ready().await;
+    // Six seconds of audio in one burst, a second per chunk.
+    let mut requests = vec![config("long", false)];
+    requests.extend((1..=6).map(|second| audio(32_000, second == 6)));
+    let stream = orch
+        .voxwire()
+        .transcribe(tokio_stream::iter(requests))
+        .await
+        .expect("transcribe")
+        .into_inner();
+    let (events, error) = collect(stream, "long", false).await;
+    assert!(error.is_none(), "{error:?}");
+    let texts: Vec<&str> = events.iter().map(|e| e.text.as_str()).collect();
+    assert_eq!(
+        texts,
+        ["window 1", "window 2", "window 3", "window 4", "window 5", "window 6"]
+    );
+    let all = orch.stt_pool().snapshot();
+    assert_eq!(
+        state_of(&all, &stt.address()),
+        Some(EndpointState::Serving),
+        "{all:?}"
+    );
 }
 
 #[tokio::test]

@@ -157,6 +157,7 @@ async fn main() -> anyhow::Result<ExitCode> {
                 None => (cli.orchestrator.as_str(), Route::Orchestrator),
             };
             let send = SendOptions { partials, realtime };
+            let mut progress = voxctl::transcribe::Progress::new(samples.len(), rate);
             voxctl::transcribe::transcribe_with(
                 target,
                 &options,
@@ -170,10 +171,16 @@ async fn main() -> anyhow::Result<ExitCode> {
                     } else {
                         eprintln!("… {}", event.text);
                     }
+                    if let Some(line) = progress.on_event(event) {
+                        eprintln!("{line}");
+                    }
                 },
             )
             .await
             .context("transcribe failed")?;
+            if let Some(line) = progress.summary() {
+                eprintln!("{line}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Health { target, service } => {

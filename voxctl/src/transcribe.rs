@@ -139,3 +139,85 @@ pub async fn transcribe_with(
     validator.finish()?;
     Ok(all)
 }
+
+/// What `voxctl transcribe` tells the user on stderr beside the transcripts:
+/// how far a long file has got, and that a file held no speech at all.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    audio_ms: i64,
+    finals_with_text: usize,
+}
+
+/// Files shorter than this finish before progress would help.
+const PROGRESS_FROM_MS: i64 = 15_000;
+
+impl Progress {
+    pub fn new(samples: usize, sample_rate: u32) -> Self {
+        Progress {
+            audio_ms: (samples as u64 * 1000 / u64::from(sample_rate.max(1))) as i64,
+            finals_with_text: 0,
+        }
+    }
+
+    /// A progress line for a final of a long file.
+    pub fn on_event(&mut self, event: &TranscriptEvent) -> Option<String> {
+        if !event.is_final {
+            return None;
+        }
+        if !event.text.trim().is_empty() {
+            self.finals_with_text += 1;
+        }
+        (self.audio_ms >= PROGRESS_FROM_MS).then(|| {
+            format!(
+                "[{} of {}]",
+                clock(event.end_ms.clamp(0, self.audio_ms)),
+                clock(self.audio_ms)
+            )
+        })
+    }
+
+    /// The closing line when nothing was heard.
+    pub fn summary(&self) -> Option<String> {
+        (self.finals_with_text == 0)
+            .then(|| format!("no speech found in {} of audio", clock(self.audio_ms)))
+    }
+}
+
+fn clock(ms: i64) -> String {
+    let seconds = ms / 1000;
+    format!("{}:{:02}.{}", seconds / 60, seconds % 60, (ms % 1000) / 100)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn final_event(text: &str, end_ms: i64) -> TranscriptEvent {
+        TranscriptEvent {
+            text: text.into(),
+            is_final: true,
+            end_ms,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn long_files_report_how_far_the_finals_have_got() {
+        let mut progress = Progress::new(61 * 16_000, 16_000);
+        assert_eq!(
+            progress.on_event(&final_event("one", 31_250)).as_deref(),
+            Some("[0:31.2 of 1:01.0]")
+        );
+        assert_eq!(progress.summary(), None);
+    }
+
+    #[test]
+    fn short_files_stay_quiet_and_silence_is_named() {
+        let mut progress = Progress::new(3 * 16_000, 16_000);
+        assert_eq!(progress.on_event(&final_event("", 3_000)), None);
+        assert_eq!(
+            progress.summary().as_deref(),
+            Some("no speech found in 0:03.0 of audio")
+        );
+    }
+}

@@ -82,6 +82,10 @@ impl Orchestrator {
         self.running.app.tts.pool()
     }
 
+    pub fn stt_pool(&self) -> &Arc<Pool> {
+        self.running.app.stt.pool()
+    }
+
     /// Waits on the orchestrator's own health Watch for SERVING (ready).
     pub async fn wait_ready(&self) {
         wait_serving(&self.channel, "").await;
@@ -515,10 +519,15 @@ pub async fn fake_tts(fake: FakeTts, health: bool) -> FakeServer {
 /// for) and one final naming the bytes heard; or, when `broken`, an event
 /// with a sequence gap; or, when `wedged`, nothing at all: it reads the audio
 /// to its end and then holds the stream open without a word.
+///
+/// With `catch_up_rtf`, it instead transcribes like a worker with a backlog:
+/// after the end of audio, one final per second of audio, each taking that
+/// fraction of a second to compute.
 #[derive(Clone, Default)]
 pub struct FakeStt {
     pub broken: bool,
     pub wedged: bool,
+    pub catch_up_rtf: Option<f64>,
 }
 
 type EventStream = ReceiverStream<Result<stt::TranscriptEvent, Status>>;
@@ -537,7 +546,7 @@ impl SttService for FakeStt {
             return Err(Status::invalid_argument("config first"));
         };
         let (tx, rx) = tokio::sync::mpsc::channel(8);
-        let (broken, wedged) = (self.broken, self.wedged);
+        let (broken, wedged, catch_up_rtf) = (self.broken, self.wedged, self.catch_up_rtf);
         tokio::spawn(async move {
             let mut bytes = 0usize;
             while let Ok(Some(request)) = input.message().await {
@@ -555,6 +564,27 @@ impl SttService for FakeStt {
                 return;
             }
             let end_ms = (bytes / 2 * 1000 / config.sample_rate.max(1) as usize) as i64;
+            if let Some(rtf) = catch_up_rtf {
+                for (index, start_ms) in (0..end_ms).step_by(1000).enumerate() {
+                    let window_end = (start_ms + 1000).min(end_ms);
+                    let seconds = (window_end - start_ms) as f64 / 1000.0;
+                    tokio::time::sleep(Duration::from_secs_f64(seconds * rtf)).await;
+                    let event = stt::TranscriptEvent {
+                        session_id: config.session_id.clone(),
+                        utterance_id: index as u64 + 1,
+                        text: format!("window {}", index + 1),
+                        is_final: true,
+                        start_ms,
+                        end_ms: window_end,
+                        sequence_number: index as i64 + 1,
+                        confidence: 0.9,
+                    };
+                    if tx.send(Ok(event)).await.is_err() {
+                        return;
+                    }
+                }
+                return;
+            }
             let event = |seq: i64, text: &str, is_final: bool| stt::TranscriptEvent {
                 session_id: config.session_id.clone(),
                 utterance_id: 1,
