@@ -60,6 +60,7 @@ echo "say:        $text"
 echo -n "transcribe: "
 "$bin/voxctl" --orchestrator "$ORCH" transcribe "$out/hello.wav"
 echo "audio in $out/hello.wav; logs in $out/; took $(( $(date +%s) - started )) s"
+echo "OpenAI-compatible API: base_url http://$HTTP/v1 (docs/openai.md)"
 # VOXWIRE_DEMO_STAY=1 keeps the stack up for the web console (Ctrl-C stops it).
 if [ "${VOXWIRE_DEMO_STAY:-}" = 1 ]; then
   echo "web console: http://$HTTP/ (Ctrl-C stops the stack)"
