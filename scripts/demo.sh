@@ -12,9 +12,14 @@ for model in piper-en_US-joe-medium whisper-tiny.en; do
 done
 
 started=$(date +%s)
+# A line per stage with the time since the start, so a first run (a cold
+# build takes minutes) shows that it is working and how far it is.
+stage() { echo "[demo +$(( $(date +%s) - started ))s] $*"; }
+stage "building the workspace's binaries (cargo's progress follows; a first build takes several minutes)"
 # Every script builds the same set (all the workspace's binaries): a subset
 # resolves different dependency features and compiles the graph a second time.
-cargo build --quiet --workspace --bins
+cargo build --workspace --bins
+stage "built"
 bin=target/debug
 out=target/demo
 mkdir -p "$out"
@@ -27,6 +32,7 @@ cleanup() {
 trap cleanup EXIT
 
 TTS=127.0.0.1:50061 STT=127.0.0.1:50071 ORCH=127.0.0.1:50051 HTTP=127.0.0.1:8080
+stage "starting orchestrator, tts-worker (Piper) and stt-worker (Whisper); loading models"
 # The orchestrator starts first on purpose: it waits for its workers by their
 # health status, so start order does not matter.
 "$bin/orchestrator" --listen "$ORCH" --http-listen "$HTTP" --tts "$TTS" --stt "$STT" 2>"$out/orchestrator.log" & pids+=($!)
@@ -40,19 +46,21 @@ for target in "$TTS" "$STT" "$ORCH"; do
     [ "$(date +%s)" -lt "$deadline" ] || { echo "$target not SERVING in time; logs in $out/" >&2; exit 1; }
     sleep 0.2
   done
-  echo "$target SERVING"
+  stage "$target SERVING"
 done
 until curl -fsS "http://$HTTP/readyz" >/dev/null 2>&1; do
   [ "$(date +%s)" -lt "$deadline" ] || { echo "orchestrator not ready; logs in $out/" >&2; exit 1; }
   sleep 0.2
 done
 
+stage "orchestrator ready: round trip"
 text="Hello from voxwire. This sentence went through the orchestrator to a Piper voice and back through Whisper."
 echo "say:        $text"
 "$bin/voxctl" --orchestrator "$ORCH" say "$text" -o "$out/hello.wav"
 echo -n "transcribe: "
 "$bin/voxctl" --orchestrator "$ORCH" transcribe "$out/hello.wav"
 echo "audio in $out/hello.wav; logs in $out/; took $(( $(date +%s) - started )) s"
+echo "OpenAI-compatible API: base_url http://$HTTP/v1 (docs/openai.md)"
 # VOXWIRE_DEMO_STAY=1 keeps the stack up for the web console (Ctrl-C stops it).
 if [ "${VOXWIRE_DEMO_STAY:-}" = 1 ]; then
   echo "web console: http://$HTTP/ (Ctrl-C stops the stack)"

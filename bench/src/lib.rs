@@ -6,6 +6,7 @@
 //!   workers (first frame, jitter, loss, orchestrator CPU and memory);
 //! - [`throughput`]: unpaced streams, orchestrator vs [`bare_relay`];
 //! - [`voice`]: first audio with the real Piper voice;
+//! - [`openai_ttfb`]: the same through `POST /v1/audio/speech` vs `Speak`;
 //! - [`bargein`]: interrupt to silence on Converse;
 //! - [`report`], [`plot`]: summary JSON / Markdown and the latency plot.
 //!
@@ -18,6 +19,7 @@ pub mod bargein;
 pub mod client;
 pub mod error;
 pub mod machine;
+pub mod openai_ttfb;
 pub mod plot;
 pub mod procs;
 pub mod relay;
@@ -65,6 +67,8 @@ pub enum Part {
     Throughput,
     Voice,
     BargeIn,
+    /// First audio of the OpenAI-compatible speech route vs Speak.
+    Openai,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -78,7 +82,7 @@ pub struct RunArgs {
     /// TTS workers behind the orchestrator in the relay benchmark.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
-    /// Parts to leave out: relay, throughput, voice, barge-in.
+    /// Parts to leave out: relay, throughput, voice, barge-in, openai.
     #[arg(long, value_delimiter = ',')]
     pub skip: Vec<Part>,
     /// Where the JSON, the summary and the plot go (default: target/bench of the workspace).
@@ -233,6 +237,43 @@ pub async fn run(args: &RunArgs) -> Result<report::Summary> {
         }
     } else {
         skipped.push("first audio with the real voice (--skip)".to_string());
+    }
+
+    if wanted(Part::Openai) {
+        let models = args
+            .model_dir
+            .clone()
+            .unwrap_or_else(|| workspace_dir().join("../shared/models"));
+        let voice_dir = models.join("piper-en_US-joe-medium");
+        if voice_dir.is_dir() {
+            let config = openai_ttfb::TtfbConfig {
+                voice: voice_dir,
+                runs: if quick { 3 } else { 20 },
+                pause: Duration::from_millis(700),
+            };
+            println!(
+                "first audio: /v1/audio/speech vs Speak ({} runs)",
+                config.runs
+            );
+            match openai_ttfb::run(&config, &bins, &logs).await {
+                Ok(result) => {
+                    report::write_section(&out, "openai_ttfb.json", &machine, &revision, &result)?;
+                }
+                Err(e) => failed.push(format!("OpenAI speech first audio: {e}")),
+            }
+        } else if std::env::var("CI").is_ok_and(|v| v == "true") {
+            failed.push(format!(
+                "OpenAI speech first audio: no voice at {} (CI=true: models are required)",
+                voice_dir.display()
+            ));
+        } else {
+            skipped.push(format!(
+                "OpenAI speech first audio: no voice at {}",
+                voice_dir.display()
+            ));
+        }
+    } else {
+        skipped.push("OpenAI speech first audio (--skip)".to_string());
     }
 
     let mut barge_result = None;

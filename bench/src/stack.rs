@@ -22,6 +22,8 @@ pub enum Engine {
 pub struct Stack {
     pub workers: Vec<Proc>,
     pub orchestrator: Option<Proc>,
+    /// HOST:PORT of the orchestrator's HTTP side port.
+    pub orchestrator_http: Option<String>,
     pub bare_relay: Option<Proc>,
 }
 
@@ -104,6 +106,7 @@ pub async fn start(spec: &StackSpec, bins: &Bins, logs: &Path, tag: &str) -> Res
         .collect::<Vec<_>>()
         .join(",");
 
+    let mut orchestrator_http = None;
     let orchestrator = if spec.orchestrator {
         let addr = free_addr()?;
         let http = free_addr()?;
@@ -143,6 +146,7 @@ pub async fn start(spec: &StackSpec, bins: &Bins, logs: &Path, tag: &str) -> Res
         // The orchestrator is SERVING with one ready worker; wait until its
         // pool lists them all, so load is spread from the first session.
         wait_pool_serving(&http, spec.workers, START_TIMEOUT).await?;
+        orchestrator_http = Some(http);
         Some(proc)
     } else {
         None
@@ -173,6 +177,7 @@ pub async fn start(spec: &StackSpec, bins: &Bins, logs: &Path, tag: &str) -> Res
     Ok(Stack {
         workers,
         orchestrator,
+        orchestrator_http,
         bare_relay,
     })
 }

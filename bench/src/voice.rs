@@ -141,7 +141,10 @@ pub async fn run(config: &VoiceConfig, bins: &Bins, logs: &Path) -> Result<Voice
 
 /// Milliseconds to the first frame carrying audio of a Speak call, which is
 /// then cancelled.
-async fn first_audio_speak(mut client: VoxwireClient<Channel>, text: &str) -> Result<f64> {
+pub(crate) async fn first_audio_speak(
+    mut client: VoxwireClient<Channel>,
+    text: &str,
+) -> Result<f64> {
     let started = Instant::now();
     let mut frames = client
         .speak(SpeakRequest {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 use voxwire_proto::session::validate_session_id;
@@ -93,12 +93,13 @@ pub fn speak_stream(
     Ok(ReceiverStream::new(rx))
 }
 
-/// Relays one Recognize stream whose first request (the config) was read
-/// and validated: requests validated as they come, events out.
+/// Relays one Recognize stream whose first request (the config) was read:
+/// requests validated as they come, events out. `input` is the rest of the
+/// client's stream (a gRPC call's, or the audio of an uploaded file).
 pub fn recognize_stream(
     app: Arc<Orchestrator>,
     first: RecognizeRequest,
-    mut input: Streaming<RecognizeRequest>,
+    input: impl Stream<Item = Result<RecognizeRequest, Status>> + Send + 'static,
     trace: TraceContext,
 ) -> Result<ReceiverStream<Result<TranscriptEvent, Status>>, Status> {
     let mut validator = SttRequestValidator::new(app.settings.security.audio);
@@ -118,19 +119,20 @@ pub fn recognize_stream(
             let (requests_tx, mut requests_rx) = mpsc::channel(64);
             let (events_tx, events_rx) = mpsc::channel(64);
             let reader = async move {
+                let mut input = std::pin::pin!(input);
                 loop {
-                    match input.message().await {
-                        Ok(Some(request)) => {
+                    match input.next().await {
+                        Some(Ok(request)) => {
                             validator.accept(&request)?;
                             if requests_tx.send(request).await.is_err() {
                                 return Ok(());
                             }
                         }
-                        Ok(None) => {
+                        None => {
                             validator.half_closed()?;
                             return Ok(());
                         }
-                        Err(status) => {
+                        Some(Err(status)) => {
                             return Err(Status::cancelled(format!("client stream: {status}")))
                         }
                     }

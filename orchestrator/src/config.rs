@@ -154,7 +154,17 @@ pub struct Args {
     /// for a proxy that rewrites the Host header.
     #[arg(long, env = "VOXWIRE_CONSOLE_ORIGINS", default_value = "")]
     pub console_origins: String,
+    /// Serve the OpenAI-compatible audio API on the HTTP side port under
+    /// /v1 (models, audio/speech, audio/transcriptions).
+    #[arg(long, env = "VOXWIRE_OPENAI_API", default_value_t = true, action = clap::ArgAction::Set)]
+    pub openai_api: bool,
+    /// Largest upload /v1/audio/transcriptions accepts, in bytes (past it: 413).
+    #[arg(long, env = "VOXWIRE_OPENAI_MAX_UPLOAD_BYTES", default_value_t = DEFAULT_OPENAI_MAX_UPLOAD_BYTES)]
+    pub openai_max_upload_bytes: usize,
 }
+
+/// OpenAI's own limit on an uploaded audio file: clients sized for it fit.
+pub const DEFAULT_OPENAI_MAX_UPLOAD_BYTES: usize = 25 * 1024 * 1024;
 
 impl Args {
     /// Loopback defaults for tests: free ports, short waits.
@@ -197,6 +207,8 @@ impl Args {
             max_chunk_bytes: SttLimits::default().max_chunk_bytes,
             max_stream_seconds: SttLimits::default().max_stream_seconds,
             console_origins: String::new(),
+            openai_api: true,
+            openai_max_upload_bytes: DEFAULT_OPENAI_MAX_UPLOAD_BYTES,
         }
     }
 }
@@ -302,6 +314,13 @@ pub struct DispatchSettings {
     pub stream_timeout: Duration,
 }
 
+/// The OpenAI-compatible audio API (`crate::openai`).
+#[derive(Debug, Clone)]
+pub struct OpenAiSettings {
+    pub enabled: bool,
+    pub max_upload_bytes: usize,
+}
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub tts: Vec<Target>,
@@ -313,6 +332,7 @@ pub struct Settings {
     pub session_idle: Duration,
     pub drain: Duration,
     pub security: SecuritySettings,
+    pub openai: OpenAiSettings,
 }
 
 fn positive(ms: u64, name: &'static str) -> Result<Duration, ConfigError> {
@@ -356,6 +376,9 @@ impl Settings {
         }
         if args.max_stream_seconds == 0 {
             return Err(ConfigError::Zero("--max-stream-seconds"));
+        }
+        if args.openai_max_upload_bytes == 0 {
+            return Err(ConfigError::Zero("--openai-max-upload-bytes"));
         }
         Ok(Settings {
             tts: parse_targets(&args.tts)?,
@@ -402,6 +425,10 @@ impl Settings {
                     max_stream_seconds: args.max_stream_seconds,
                 },
                 console_origins: parse_origins(&args.console_origins)?,
+            },
+            openai: OpenAiSettings {
+                enabled: args.openai_api,
+                max_upload_bytes: args.openai_max_upload_bytes,
             },
         })
     }

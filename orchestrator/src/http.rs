@@ -1,6 +1,7 @@
 //! The HTTP side port: /metrics, /healthz, /readyz, GET /api/workers and
 //! the web console ([`crate::web`]: the page at `/`, `/ws`,
-//! `/api/workers/events`).
+//! `/api/workers/events`), and the OpenAI-compatible audio API under `/v1`
+//! ([`crate::openai`], unless `--openai-api false`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,11 +19,17 @@ use crate::endpoint::EndpointSnapshot;
 /// Every route of the side port is assembled here, so a layer added here
 /// (authentication, say) covers all of them.
 pub fn router(app: Arc<Orchestrator>) -> Router {
+    let openai = if app.settings.openai.enabled {
+        crate::openai::routes(&app.settings)
+    } else {
+        Router::new()
+    };
     Router::new()
         .merge(crate::auth::guard_console(
             crate::web::routes(),
             &app.settings.security,
         ))
+        .merge(openai)
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -58,7 +65,9 @@ pub fn spawn(app: Arc<Orchestrator>, listener: TcpListener) -> SocketAddr {
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, router(app)).await {
+        // The peer address is what per-client limits count by.
+        let service = router(app).into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(error) = axum::serve(listener, service).await {
             tracing::error!(%error, "HTTP side port failed");
         }
     });

@@ -12,6 +12,7 @@
 //! - [`state`], [`sessions`]: the session state machine and table;
 //! - [`api`], [`converse`], [`relay`]: the gRPC services;
 //! - [`http`]: the side port; [`web`]: the web console on it;
+//!   [`openai`]: the OpenAI-compatible audio API on it;
 //!   [`server`]: start-up and drain;
 //! - [`telemetry`]: logging and OTLP span export.
 #![forbid(unsafe_code)]
@@ -26,6 +27,7 @@ pub mod discovery;
 pub mod endpoint;
 pub mod http;
 pub mod metrics;
+pub mod openai;
 pub mod pool;
 pub mod relay;
 pub mod retry;
