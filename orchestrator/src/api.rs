@@ -20,7 +20,7 @@ use voxwire_proto::voxwire::v1::{
 
 use crate::app::Orchestrator;
 use crate::converse;
-use crate::sessions::{new_session_id, ClientSession};
+use crate::sessions::{new_session_id, ClientSession, Opener};
 use crate::trace::TraceContext;
 use crate::tts_dispatch::TextFeed;
 
@@ -86,6 +86,11 @@ pub fn speak_stream(
             }
         };
         let (result, ()) = tokio::join!(turn, forward);
+        // Before the client's stream ends, so a client that saw its turn end
+        // sees the worker's capacity returned.
+        if session.implicit {
+            app.end_implicit_session(&session).await;
+        }
         if let Err(status) = result {
             let _ = tx.send(Err(status)).await;
         }
@@ -111,6 +116,7 @@ pub fn recognize_stream(
     };
     let admitted = app.admit()?;
     let (tx, rx) = mpsc::channel(32);
+    let idle = app.settings.stream_idle;
     let span =
         tracing::info_span!("session", session = %config.session_id, trace_id = %trace.trace_id);
     tokio::spawn(
@@ -121,7 +127,10 @@ pub fn recognize_stream(
             let reader = async move {
                 let mut input = std::pin::pin!(input);
                 loop {
-                    match input.next().await {
+                    let Ok(next) = tokio::time::timeout(idle, input.next()).await else {
+                        return Err(idle_stream(idle, "audio"));
+                    };
+                    match next {
                         Some(Ok(request)) => {
                             validator.accept(&request)?;
                             if requests_tx.send(request).await.is_err() {
@@ -132,9 +141,7 @@ pub fn recognize_stream(
                             validator.half_closed()?;
                             return Ok(());
                         }
-                        Some(Err(status)) => {
-                            return Err(Status::cancelled(format!("client stream: {status}")))
-                        }
+                        Some(Err(status)) => return Err(client_stream_error(status)),
                     }
                 }
             };
@@ -179,11 +186,55 @@ pub fn recognize_stream(
     Ok(ReceiverStream::new(rx))
 }
 
+/// A client's request stream failed. A message that does not decode (bad
+/// protobuf, a string that is not UTF-8, a stream cut mid-message) is the
+/// client's fault: INVALID_ARGUMENT, never INTERNAL, which the docs keep for
+/// a worker that broke a rule. Anything else means the client went away.
+pub fn client_stream_error(status: Status) -> Status {
+    if is_decode_error(&status) {
+        Status::invalid_argument(format!("a request does not decode: {}", status.message()))
+    } else {
+        Status::cancelled(format!("client stream: {status}"))
+    }
+}
+
+/// tonic reports a request it cannot decode as INTERNAL with prost's
+/// message, or its own for a stream cut mid-message.
+pub fn is_decode_error(status: &Status) -> bool {
+    status.code() == tonic::Code::Internal
+        && (status
+            .message()
+            .starts_with("failed to decode Protobuf message")
+            || status
+                .message()
+                .starts_with("Unexpected EOF decoding stream"))
+}
+
+/// A client stream that sent nothing for `idle` while holding a worker
+/// stream: closed, so it does not hold the worker's slot for ever.
+pub fn idle_stream(idle: std::time::Duration, what: &str) -> Status {
+    Status::deadline_exceeded(format!(
+        "no {what} from the client within {} s (--stream-idle-seconds): the stream is closed",
+        idle.as_secs()
+    ))
+}
+
 /// Reads the first request of a Recognize stream.
 pub async fn first_request(
     input: &mut Streaming<RecognizeRequest>,
+    idle: std::time::Duration,
 ) -> Result<RecognizeRequest, Status> {
-    input.message().await?.ok_or_else(|| {
+    let next = tokio::time::timeout(idle, input.message())
+        .await
+        .map_err(|_| idle_stream(idle, "config"))?;
+    next.map_err(|status| {
+        if is_decode_error(&status) {
+            client_stream_error(status)
+        } else {
+            status
+        }
+    })?
+    .ok_or_else(|| {
         Status::invalid_argument("STT-CONFIG-FIRST: the stream closed before any config")
     })
 }
@@ -197,22 +248,32 @@ impl Voxwire for VoxwireApi {
         request: Request<SpeakRequest>,
     ) -> Result<Response<Self::SpeakStream>, Status> {
         let trace = TraceContext::from_metadata(request.metadata());
+        let owner = request.remote_addr().map(|a| a.ip());
         let request = request.into_inner();
         // Refused here, before a worker is involved (--max-text-chars).
         voxwire_proto::tts_stream::check_text_limit(
             request.text.chars().count(),
             self.app.settings.security.max_text_chars,
         )?;
-        let id = if request.session_id.is_empty() {
+        let one_shot = request.session_id.is_empty();
+        let id = if one_shot {
             new_session_id()
         } else {
             validate_session_id(&request.session_id)?;
             request.session_id
         };
+        // A session Speak opens is nobody's to end: its worker session ends
+        // with each turn (a careless client must not hold worker capacity).
+        let opener = Opener {
+            owner,
+            implicit: true,
+            one_shot,
+        };
         let session = self
             .app
             .sessions
-            .get_or_create(&id, &request.model_id, request.options);
+            .get_or_create(&id, &request.model_id, request.options, opener)
+            .map_err(|e| e.to_status())?;
         let stream = speak_stream(
             Arc::clone(&self.app),
             session,
@@ -230,7 +291,7 @@ impl Voxwire for VoxwireApi {
     ) -> Result<Response<Self::TranscribeStream>, Status> {
         let trace = TraceContext::from_metadata(request.metadata());
         let mut input = request.into_inner();
-        let first = first_request(&mut input).await?;
+        let first = first_request(&mut input, self.app.settings.stream_idle).await?;
         let stream = recognize_stream(Arc::clone(&self.app), first, input, trace)?;
         Ok(Response::new(stream))
     }
@@ -264,12 +325,18 @@ impl Registry for RegistryApi {
         &self,
         request: Request<RegisterRequest>,
     ) -> Result<Response<RegisterResponse>, Status> {
+        if self.app.settings.registry.token.is_none() {
+            return Err(Status::unimplemented(
+                "worker registration is off on this orchestrator: start it with \
+                 --registry-token-file (and workers must send that token)",
+            ));
+        }
         let request = request.into_inner();
         let lease = self
             .app
             .registry
             .register(&request.kind, &request.address, request.lease_seconds)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            .map_err(|e| e.to_status())?;
         Ok(Response::new(RegisterResponse {
             lease_seconds: u32::try_from(lease.as_secs()).unwrap_or(u32::MAX),
         }))

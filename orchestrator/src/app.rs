@@ -38,7 +38,8 @@ impl Orchestrator {
         let registry = Registry::new(
             Arc::clone(&tts_pool),
             Arc::clone(&stt_pool),
-            settings.max_lease,
+            settings.registry.max_lease,
+            settings.registry.policy.clone(),
         );
         Arc::new(Orchestrator {
             tts: Arc::new(TtsDispatcher::new(
@@ -51,7 +52,10 @@ impl Orchestrator {
                 settings.dispatch.clone(),
                 Arc::clone(&metrics),
             )),
-            sessions: Sessions::new(Arc::clone(&metrics)),
+            sessions: Sessions::new(
+                Arc::clone(&metrics),
+                settings.security.max_open_sessions_per_client,
+            ),
             metrics,
             registry,
             drain,
@@ -103,6 +107,20 @@ impl Orchestrator {
         session.transition(SessionState::Listening);
         session.touch();
         result
+    }
+
+    /// After a turn of a session a Speak opened: ends its worker session
+    /// (the next turn prefers the same worker), and forgets a session whose
+    /// id the orchestrator made up. Left to the last of several waiting turns.
+    pub async fn end_implicit_session(&self, session: &Arc<ClientSession>) {
+        let mut binding = session.tts.lock().await;
+        if !self.sessions.is_sole_user(session) {
+            return;
+        }
+        self.tts.release_session(&mut binding).await;
+        if session.one_shot {
+            self.sessions.remove_if_unused(session);
+        }
     }
 
     /// Closes sessions left unused, and their sessions on the workers.

@@ -5,11 +5,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use voxwire_proto::stt_stream::SttLimits;
-use voxwire_service::credentials::{resolve_token, CredentialsError, Secret};
+use voxwire_service::credentials::{resolve_token, CredentialsError, Secret, SecretParser};
 use voxwire_service::limits::DEFAULT_MAX_MESSAGE_BYTES;
 use voxwire_service::tls::{ClientTls, ServerTls, ServerTlsArgs, TlsError};
 
 use crate::backoff::{Backoff, BackoffError};
+use crate::discovery::{parse_cidrs, AddressPolicy};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -25,6 +26,10 @@ pub enum ConfigError {
     Credentials(#[from] CredentialsError),
     #[error("console origin {0:?} is not SCHEME://HOST[:PORT]")]
     Origin(String),
+    #[error("--registry-allow: {0}")]
+    RegistryAllow(#[from] crate::discovery::CidrError),
+    #[error("the registry token must differ from the client token (--auth-token): a client could register workers")]
+    RegistryTokenIsClientToken,
 }
 
 /// voxwire orchestrator: holds client sessions and dispatches each turn to a
@@ -44,6 +49,18 @@ pub struct Args {
     /// Address of the HTTP side port (/metrics, /healthz, /readyz, /api/workers).
     #[arg(long, env = "VOXWIRE_HTTP_LISTEN", default_value = "0.0.0.0:8080")]
     pub http_listen: String,
+    /// HTTP side port: close a connection whose request headers have not
+    /// all arrived within this long, in milliseconds.
+    #[arg(
+        long,
+        env = "VOXWIRE_HTTP_HEADER_READ_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub http_header_read_timeout_ms: u64,
+    /// HTTP side port: connections open at once; past it new connections
+    /// wait in the listen backlog (file descriptors stay for the gRPC side).
+    #[arg(long, env = "VOXWIRE_HTTP_MAX_CONNECTIONS", default_value_t = 256)]
+    pub http_max_connections: usize,
     /// How often dns:// targets are resolved again, in milliseconds.
     #[arg(long, env = "VOXWIRE_DNS_REFRESH_MS", default_value_t = 5_000)]
     pub dns_refresh_ms: u64,
@@ -100,12 +117,31 @@ pub struct Args {
     /// Concurrent turns per worker when it reports no max_sessions.
     #[arg(long, env = "VOXWIRE_DEFAULT_WORKER_CAPACITY", default_value_t = 64)]
     pub default_worker_capacity: usize,
+    /// Turns worker registration (voxwire.v1.Registry) on: the bearer token
+    /// workers must send to Register, distinct from client tokens. Without
+    /// it (or --registry-token-file) Register is refused. Prefer the file.
+    #[arg(long, env = "VOXWIRE_REGISTRY_TOKEN", hide_env_values = true, value_parser = SecretParser)]
+    pub registry_token: Option<Secret>,
+    /// A file holding the registry token (surrounding white space ignored).
+    #[arg(long, env = "VOXWIRE_REGISTRY_TOKEN_FILE")]
+    pub registry_token_file: Option<PathBuf>,
+    /// Networks registered worker addresses must lie in, comma-separated
+    /// CIDRs. Registered addresses are IP:PORT; link-local and cloud metadata
+    /// addresses are refused unless a range inside them is listed.
+    #[arg(long, env = "VOXWIRE_REGISTRY_ALLOW", default_value = crate::discovery::DEFAULT_REGISTRY_ALLOW)]
+    pub registry_allow: String,
     /// Longest Registry lease granted, in seconds.
     #[arg(long, env = "VOXWIRE_MAX_LEASE_SECONDS", default_value_t = 60)]
     pub max_lease_seconds: u32,
     /// Close client sessions unused for this long (and their worker sessions), in seconds.
     #[arg(long, env = "VOXWIRE_SESSION_IDLE_SECONDS", default_value_t = 300)]
     pub session_idle_seconds: u64,
+    /// Close a client stream that holds a worker stream open but sends
+    /// nothing for this long (a Transcribe or relayed Recognize stream, a
+    /// relayed Synthesize waiting for text, a Converse listening turn), in
+    /// seconds: it would hold a worker slot for ever.
+    #[arg(long, env = "VOXWIRE_STREAM_IDLE_SECONDS", default_value_t = 30)]
+    pub stream_idle_seconds: u64,
     /// Bound on finishing in-flight turns after SIGTERM, in seconds.
     #[arg(long, env = "VOXWIRE_DRAIN_SECONDS", default_value_t = 10)]
     pub drain_seconds: u64,
@@ -126,7 +162,7 @@ pub struct Args {
     pub worker_tls_domain: Option<String>,
     /// Bearer token clients must send (`authorization: Bearer TOKEN`) on every
     /// RPC but health and reflection. Prefer --auth-token-file.
-    #[arg(long, env = "VOXWIRE_AUTH_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "VOXWIRE_AUTH_TOKEN", hide_env_values = true, value_parser = SecretParser)]
     pub auth_token: Option<Secret>,
     /// A file holding the bearer token (surrounding white space ignored).
     #[arg(long, env = "VOXWIRE_AUTH_TOKEN_FILE")]
@@ -141,6 +177,14 @@ pub struct Args {
     /// RESOURCE_EXHAUSTED).
     #[arg(long, env = "VOXWIRE_MAX_SESSIONS_PER_CLIENT", default_value_t = 0)]
     pub max_sessions_per_client: usize,
+    /// Sessions one client address may hold open at once (StartSession,
+    /// named Speak sessions; 0: no limit; past it: RESOURCE_EXHAUSTED).
+    #[arg(
+        long,
+        env = "VOXWIRE_MAX_OPEN_SESSIONS_PER_CLIENT",
+        default_value_t = 256
+    )]
+    pub max_open_sessions_per_client: usize,
     /// Largest audio chunk a client may send to Transcribe or Converse, in
     /// bytes (past it: INVALID_ARGUMENT, STT-CHUNK-LIMIT).
     #[arg(long, env = "VOXWIRE_MAX_CHUNK_BYTES", default_value_t = SttLimits::default().max_chunk_bytes)]
@@ -174,6 +218,8 @@ impl Args {
             tts: String::new(),
             stt: String::new(),
             http_listen: "127.0.0.1:0".into(),
+            http_header_read_timeout_ms: 10_000,
+            http_max_connections: 256,
             dns_refresh_ms: 200,
             connect_backoff_initial_ms: 20,
             connect_backoff_factor: 2.0,
@@ -191,8 +237,12 @@ impl Args {
             stream_timeout_seconds: 60,
             load_poll_ms: 100,
             default_worker_capacity: 64,
+            registry_token: None,
+            registry_token_file: None,
+            registry_allow: crate::discovery::DEFAULT_REGISTRY_ALLOW.into(),
             max_lease_seconds: 60,
             session_idle_seconds: 300,
+            stream_idle_seconds: 30,
             drain_seconds: 2,
             tls: ServerTlsArgs::default(),
             worker_tls_ca: None,
@@ -204,6 +254,7 @@ impl Args {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             max_text_chars: 20_000,
             max_sessions_per_client: 0,
+            max_open_sessions_per_client: 256,
             max_chunk_bytes: SttLimits::default().max_chunk_bytes,
             max_stream_seconds: SttLimits::default().max_stream_seconds,
             console_origins: String::new(),
@@ -296,6 +347,8 @@ pub struct SecuritySettings {
     pub max_text_chars: usize,
     /// 0: no limit.
     pub max_sessions_per_client: usize,
+    /// Sessions held open per client address; 0: no limit.
+    pub max_open_sessions_per_client: usize,
     /// What one client audio stream may carry (Transcribe, a Converse turn).
     pub audio: SttLimits,
     /// Origins allowed to open the console's WebSocket besides the page's own
@@ -321,15 +374,34 @@ pub struct OpenAiSettings {
     pub max_upload_bytes: usize,
 }
 
+/// The HTTP side port's own limits.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpSettings {
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
+}
+
+/// Worker registration: on only with a token of its own.
+#[derive(Debug, Clone)]
+pub struct RegistrySettings {
+    /// `None`: registration is off.
+    pub token: Option<Secret>,
+    pub policy: AddressPolicy,
+    pub max_lease: Duration,
+}
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub tts: Vec<Target>,
     pub stt: Vec<Target>,
     pub dns_refresh: Duration,
+    pub http: HttpSettings,
     pub endpoint: EndpointSettings,
     pub dispatch: DispatchSettings,
-    pub max_lease: Duration,
+    pub registry: RegistrySettings,
     pub session_idle: Duration,
+    /// See `--stream-idle-seconds`.
+    pub stream_idle: Duration,
     pub drain: Duration,
     pub security: SecuritySettings,
     pub openai: OpenAiSettings,
@@ -365,6 +437,12 @@ impl Settings {
         if args.session_idle_seconds == 0 {
             return Err(ConfigError::Zero("--session-idle-seconds"));
         }
+        if args.http_max_connections == 0 {
+            return Err(ConfigError::Zero("--http-max-connections"));
+        }
+        if args.stream_idle_seconds == 0 {
+            return Err(ConfigError::Zero("--stream-idle-seconds"));
+        }
         if args.max_lease_seconds == 0 {
             return Err(ConfigError::Zero("--max-lease-seconds"));
         }
@@ -380,10 +458,25 @@ impl Settings {
         if args.openai_max_upload_bytes == 0 {
             return Err(ConfigError::Zero("--openai-max-upload-bytes"));
         }
+        let auth_token = resolve_token(args.auth_token.as_ref(), args.auth_token_file.as_deref())?;
+        let registry_token = resolve_token(
+            args.registry_token.as_ref(),
+            args.registry_token_file.as_deref(),
+        )?;
+        if registry_token.is_some() && registry_token == auth_token {
+            return Err(ConfigError::RegistryTokenIsClientToken);
+        }
         Ok(Settings {
             tts: parse_targets(&args.tts)?,
             stt: parse_targets(&args.stt)?,
             dns_refresh: positive(args.dns_refresh_ms, "--dns-refresh-ms")?,
+            http: HttpSettings {
+                header_read_timeout: positive(
+                    args.http_header_read_timeout_ms,
+                    "--http-header-read-timeout-ms",
+                )?,
+                max_connections: args.http_max_connections,
+            },
             endpoint: EndpointSettings {
                 reconnect,
                 connect_timeout: positive(args.connect_timeout_ms, "--connect-timeout-ms")?,
@@ -408,18 +501,21 @@ impl Settings {
                 frame_timeout: positive(args.frame_timeout_ms, "--frame-timeout-ms")?,
                 stream_timeout: Duration::from_secs(args.stream_timeout_seconds.max(1)),
             },
-            max_lease: Duration::from_secs(u64::from(args.max_lease_seconds)),
+            registry: RegistrySettings {
+                token: registry_token,
+                policy: AddressPolicy::new(parse_cidrs(&args.registry_allow)?),
+                max_lease: Duration::from_secs(u64::from(args.max_lease_seconds)),
+            },
             session_idle: Duration::from_secs(args.session_idle_seconds),
+            stream_idle: Duration::from_secs(args.stream_idle_seconds),
             drain: Duration::from_secs(args.drain_seconds),
             security: SecuritySettings {
                 tls: args.tls.load()?,
-                auth_token: resolve_token(
-                    args.auth_token.as_ref(),
-                    args.auth_token_file.as_deref(),
-                )?,
+                auth_token,
                 max_message_bytes: args.max_message_bytes,
                 max_text_chars: args.max_text_chars,
                 max_sessions_per_client: args.max_sessions_per_client,
+                max_open_sessions_per_client: args.max_open_sessions_per_client,
                 audio: SttLimits {
                     max_chunk_bytes: args.max_chunk_bytes,
                     max_stream_seconds: args.max_stream_seconds,
@@ -472,6 +568,48 @@ mod tests {
         for bad in ["host", "host:x", ":80", "dns://host", "host:0"] {
             assert!(parse_targets(bad).is_err(), "{bad}");
         }
+    }
+
+    /// Regression (issue 22, Medium 8): an invalid token was printed
+    /// verbatim in the start-up error.
+    #[test]
+    fn an_invalid_token_is_not_printed() {
+        use clap::Parser;
+        for flag in ["--auth-token", "--registry-token"] {
+            let error =
+                Args::try_parse_from(["orchestrator", flag, "almost-the-token with-a-space"])
+                    .expect_err("a token with a space");
+            let text = error.to_string();
+            assert!(!text.contains("almost-the-token"), "{text}");
+            assert!(text.contains(flag), "{text}");
+        }
+    }
+
+    #[test]
+    fn the_registry_token_must_not_be_the_client_token() {
+        let token = Secret::new("shared-token").expect("token");
+        let args = Args {
+            auth_token: Some(token.clone()),
+            registry_token: Some(token),
+            ..Args::for_tests()
+        };
+        assert!(matches!(
+            Settings::from_args(&args),
+            Err(ConfigError::RegistryTokenIsClientToken)
+        ));
+        let off = Settings::from_args(&Args::for_tests()).expect("defaults");
+        assert!(
+            off.registry.token.is_none(),
+            "registration is off by default"
+        );
+        let bad = Args {
+            registry_allow: "10.0.0.0/8,nonsense".into(),
+            ..Args::for_tests()
+        };
+        assert!(matches!(
+            Settings::from_args(&bad),
+            Err(ConfigError::RegistryAllow(_))
+        ));
     }
 
     #[test]

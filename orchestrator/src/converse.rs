@@ -31,7 +31,7 @@ use voxwire_service::InFlight;
 
 use crate::app::Orchestrator;
 use crate::metrics;
-use crate::sessions::{new_session_id, ClientSession};
+use crate::sessions::{new_session_id, ClientSession, CreateError, Opener};
 use crate::trace::TraceContext;
 use crate::tts_dispatch::TurnStats;
 
@@ -95,7 +95,13 @@ pub async fn open<S>(
 where
     S: Stream<Item = Result<ConverseRequest, Status>> + Send + Unpin + 'static,
 {
-    let first = input.next().await.transpose()?;
+    let first = input.next().await.transpose().map_err(|status| {
+        if crate::api::is_decode_error(&status) {
+            crate::api::client_stream_error(status)
+        } else {
+            status
+        }
+    })?;
     let Some(converse_request::Request::Config(config)) = first.and_then(|r| r.request) else {
         return Err(Status::invalid_argument(
             "the first ConverseRequest carries config",
@@ -110,9 +116,12 @@ where
     let admitted = app.admit()?;
     let session = app
         .sessions
-        .create(&id, &config.model_id, Default::default())
-        .map_err(|_| {
-            Status::already_exists(format!("session {id:?} is already in a conversation"))
+        .create(&id, &config.model_id, Default::default(), Opener::default())
+        .map_err(|error| match error {
+            CreateError::AlreadyOpen => {
+                Status::already_exists(format!("session {id:?} is already in a conversation"))
+            }
+            other => other.to_status(),
         })?;
     session.pin();
     let (tx, rx) = mpsc::channel(64);
@@ -172,6 +181,14 @@ async fn run<S>(
                             conversation.end_audio(turn).await?;
                         }
                     }
+                    Some(Err(status)) if crate::api::is_decode_error(&status) => {
+                        // Every Converse failure reaches the client: as a
+                        // TurnError, then the stream's status.
+                        let status = crate::api::client_stream_error(status);
+                        conversation.turn_error(0, &status).await?;
+                        let _ = conversation.out.send(Err(status)).await;
+                        return Err(Gone);
+                    }
                     Some(Err(status)) => {
                         tracing::debug!(%status, "client stream broke");
                         return Err(Gone);
@@ -188,6 +205,16 @@ async fn run<S>(
                         }
                     }
                 },
+                () = tokio::time::sleep(app.settings.stream_idle), if listening.as_ref().is_some_and(|t| t.input.is_some()) => {
+                    // A listening turn the client feeds nothing holds an STT
+                    // slot; end it (the conversation goes on). Any activity
+                    // of the loop starts this wait afresh.
+                    if let Some(turn) = listening.take() {
+                        turn.task.abort();
+                        let status = crate::api::idle_stream(app.settings.stream_idle, "audio");
+                        conversation.turn_error(turn.id, &status).await?;
+                    }
+                }
                 event = next_event(&mut listening) => match event {
                     Some(event) => {
                         let id = listening.as_ref().map_or(0, |t| t.id);
@@ -212,19 +239,18 @@ async fn run<S>(
     if let Some(turn) = listening.take() {
         turn.task.abort();
     }
-    if app.sessions.remove(&session.id).is_some() {
-        let from = session.state();
-        if result.is_ok() {
-            let _ = conversation
-                .send(
-                    0,
-                    converse_event::Event::State(StateChange {
-                        from: from as i32,
-                        to: SessionState::Terminated as i32,
-                    }),
-                )
-                .await;
-        }
+    // Read before removal, which moves the session to TERMINATED itself.
+    let from = session.state();
+    if app.sessions.remove(&session.id).is_some() && result.is_ok() {
+        let _ = conversation
+            .send(
+                0,
+                converse_event::Event::State(StateChange {
+                    from: from as i32,
+                    to: SessionState::Terminated as i32,
+                }),
+            )
+            .await;
     }
     let mut binding = session.tts.lock().await;
     app.tts.close_session(&mut binding).await;

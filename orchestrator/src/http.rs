@@ -59,16 +59,52 @@ async fn workers(State(app): State<Arc<Orchestrator>>) -> Json<Vec<EndpointSnaps
     Json(crate::web::workers(&app))
 }
 
-/// Serves the side port on `listener` until the process ends.
+/// Serves the side port on `listener` until the process ends: HTTP/1.1
+/// (WebSocket upgrades included), at most `--http-max-connections` at once,
+/// each closed when its request headers take longer than
+/// `--http-header-read-timeout-ms`. (axum::serve has neither: half-sent
+/// requests piled up until the process ran out of file descriptors, and the
+/// gRPC port with it.)
 pub fn spawn(app: Arc<Orchestrator>, listener: TcpListener) -> SocketAddr {
     let local = listener
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let limits = app.settings.http;
+    let routes = router(app);
+    let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     tokio::spawn(async move {
-        // The peer address is what per-client limits count by.
-        let service = router(app).into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(error) = axum::serve(listener, service).await {
-            tracing::error!(%error, "HTTP side port failed");
+        loop {
+            // Wait for room before accepting: past the cap, connections
+            // wait in the kernel's backlog instead of holding descriptors.
+            let Ok(permit) = Arc::clone(&connections).acquire_owned().await else {
+                return;
+            };
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of descriptors, most likely: give some back first.
+                    tracing::warn!(%error, "HTTP side port: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            // The peer address is what per-client limits count by.
+            let service = hyper_util::service::TowerToHyperService::new(
+                routes
+                    .clone()
+                    .layer(axum::Extension(axum::extract::ConnectInfo(peer))),
+            );
+            tokio::spawn(async move {
+                let _permit = permit;
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(limits.header_read_timeout)
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .with_upgrades();
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, "HTTP side port connection ended");
+                }
+            });
         }
     });
     local

@@ -17,9 +17,12 @@ use voxwire_proto::tts::tts_service_server::TtsService;
 use voxwire_proto::tts::*;
 use voxwire_proto::tts_stream::{check_chunk_session, Framer};
 
-use crate::api::{first_request, recognize_stream, speak_stream, TextSource};
+use crate::api::{
+    client_stream_error, first_request, idle_stream, recognize_stream, speak_stream, TextSource,
+};
 use crate::app::Orchestrator;
 use crate::pool::Pool;
+use crate::sessions::{CreateError, Opener};
 use crate::trace::TraceContext;
 
 #[derive(Clone)]
@@ -59,19 +62,30 @@ impl TtsService for TtsRelay {
         request: Request<StartSessionRequest>,
     ) -> Result<Response<StartSessionResponse>, Status> {
         let trace = TraceContext::from_metadata(request.metadata());
+        let owner = request.remote_addr().map(|a| a.ip());
         let request = request.into_inner();
         validate_session_id(&request.session_id)?;
         let _admitted = self.app.admit()?;
+        let opener = Opener {
+            owner,
+            ..Opener::default()
+        };
         let session = self
             .app
             .sessions
-            .create(&request.session_id, &request.model_id, request.options)
-            .map_err(|_| {
-                Violation::new(
+            .create(
+                &request.session_id,
+                &request.model_id,
+                request.options,
+                opener,
+            )
+            .map_err(|error| match error {
+                CreateError::AlreadyOpen => Violation::new(
                     Rule::TtsSessionDuplicate,
                     format!("session {:?} is already open", request.session_id),
                 )
-                .to_status()
+                .to_status(),
+                other => other.to_status(),
             })?;
         let mut binding = session.tts.lock().await;
         if let Err(status) = self.app.tts.open_session(&mut binding, &trace).await {
@@ -126,16 +140,21 @@ impl TtsService for TtsRelay {
         // at the end of input gets the same chunks.
         let session_id = first.session_id.clone();
         let (rest_tx, rest) = tokio::sync::mpsc::channel(16);
+        let idle = self.app.settings.stream_idle;
         if !first.is_final {
             tokio::spawn(async move {
                 loop {
-                    let item = match input.message().await {
+                    let Ok(next) = tokio::time::timeout(idle, input.message()).await else {
+                        let _ = rest_tx.send(Err(idle_stream(idle, "text"))).await;
+                        return;
+                    };
+                    let item = match next {
                         Ok(Some(chunk)) => check_chunk_session(Some(&session_id), &chunk)
                             .map(|()| chunk)
                             .map_err(|violation| violation.to_status()),
                         // Half-close: the end of input.
                         Ok(None) => return,
-                        Err(status) => Err(Status::cancelled(format!("client stream: {status}"))),
+                        Err(status) => Err(client_stream_error(status)),
                     };
                     let last = item.as_ref().map_or(true, |chunk| chunk.is_final);
                     if rest_tx.send(item).await.is_err() || last {
@@ -239,7 +258,7 @@ impl SttService for SttRelay {
     ) -> Result<Response<Self::RecognizeStream>, Status> {
         let trace = TraceContext::from_metadata(request.metadata());
         let mut input = request.into_inner();
-        let first = first_request(&mut input).await?;
+        let first = first_request(&mut input, self.app.settings.stream_idle).await?;
         let stream = recognize_stream(Arc::clone(&self.app), first, input, trace)?;
         Ok(Response::new(stream))
     }

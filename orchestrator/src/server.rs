@@ -81,13 +81,16 @@ pub async fn start(
     background.push(tokio::spawn(Arc::clone(&app.registry).expire_loop()));
     background.push(tokio::spawn(Arc::clone(&app).reap_loop()));
 
-    let (health, health_service) = Health::new(&[
+    let registry_on = settings.registry.token.is_some();
+    let mut services = vec![
         service_names::VOXWIRE,
-        service_names::REGISTRY,
         service_names::TTS,
         service_names::STT,
-    ])
-    .await;
+    ];
+    if registry_on {
+        services.push(service_names::REGISTRY);
+    }
+    let (health, health_service) = Health::new(&services).await;
     background.push(tokio::spawn(follow_readiness(
         Arc::clone(&app),
         health.clone(),
@@ -97,6 +100,9 @@ pub async fn start(
     // service passes the gate (token, calls per client).
     let security = &settings.security;
     let gate = Gate::from_settings(security);
+    // Workers register with a token of their own, never a client's: a
+    // client token must not put an address into the pools.
+    let registry_gate = Gate::new(settings.registry.token.clone(), 0);
     let max = security.max_message_bytes;
     let router = voxwire_service::tls::server_builder(security.tls.as_ref())?
         .add_service(health_service)
@@ -104,7 +110,7 @@ pub async fn start(
         .add_service(gate.guard(
             VoxwireServer::new(VoxwireApi::new(Arc::clone(&app))).max_decoding_message_size(max),
         ))
-        .add_service(gate.guard(
+        .add_service(registry_gate.guard(
             RegistryServer::new(RegistryApi::new(Arc::clone(&app))).max_decoding_message_size(max),
         ))
         .add_service(gate.guard(
@@ -119,6 +125,7 @@ pub async fn start(
         tls = ?security.tls,
         worker_tls = ?settings.endpoint.tls,
         token_required = gate.requires_token(),
+        registration = registry_on,
         max_sessions_per_client = security.max_sessions_per_client,
         "orchestrator listening"
     );

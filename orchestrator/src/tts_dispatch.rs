@@ -29,6 +29,9 @@ pub struct TtsBinding {
     pub options: HashMap<String, String>,
     /// The worker the session is open on, if any.
     pub endpoint: Option<String>,
+    /// The worker a closed session was last open on: its next turn goes
+    /// there again when it can.
+    pub preferred: Option<String>,
     /// A copy of `endpoint` readable while a turn holds the binding (Control).
     pub published: Arc<std::sync::Mutex<Option<String>>>,
 }
@@ -54,6 +57,9 @@ pub struct TextFeed<'a> {
     rest: Option<&'a mut mpsc::Receiver<Result<TextChunk, Status>>>,
     /// The client broke the stream (e.g. TTS-CHUNK-SESSION).
     error: Option<Status>,
+    /// The client's input failed (the error above, once taken): the turn's
+    /// failure is the client's, not the worker's.
+    client_failed: bool,
 }
 
 impl<'a> TextFeed<'a> {
@@ -68,6 +74,7 @@ impl<'a> TextFeed<'a> {
             }],
             rest: None,
             error: None,
+            client_failed: false,
         }
     }
 
@@ -82,6 +89,7 @@ impl<'a> TextFeed<'a> {
             sent: vec![first],
             rest: (!complete).then_some(rest),
             error: None,
+            client_failed: false,
         }
     }
 
@@ -103,6 +111,7 @@ impl<'a> TextFeed<'a> {
             Some(Err(status)) => {
                 self.rest = None;
                 self.error = Some(status);
+                self.client_failed = true;
                 None
             }
             None => {
@@ -180,7 +189,7 @@ impl TtsDispatcher {
             let lease = match self
                 .pool
                 .acquire(
-                    binding.endpoint.as_deref(),
+                    binding.endpoint.as_deref().or(binding.preferred.as_deref()),
                     &tried,
                     self.settings.ready_wait,
                 )
@@ -202,6 +211,11 @@ impl TtsDispatcher {
                         attempts: attempt,
                         frames,
                     })
+                }
+                Err(error) if feed.client_failed => {
+                    // The client broke or abandoned its input: never the
+                    // worker's fault, and nothing to retry.
+                    break Err(error.status);
                 }
                 Err(error) => {
                     let code = error.status.code();
@@ -247,6 +261,7 @@ impl TtsDispatcher {
                     if code == Code::Unavailable {
                         // The session there is likely gone with the worker.
                         binding.set_endpoint(None);
+                        binding.preferred = None;
                     }
                     tried.push(address);
                     drop(lease);
@@ -297,6 +312,15 @@ impl TtsDispatcher {
     pub async fn close_session(&self, binding: &mut TtsBinding) {
         if let Some(address) = binding.set_endpoint(None) {
             self.end_on(&address, &binding.session_id).await;
+        }
+    }
+
+    /// Ends the session on its worker like [`TtsDispatcher::close_session`],
+    /// remembering the worker for the session's next turn.
+    pub async fn release_session(&self, binding: &mut TtsBinding) {
+        if let Some(address) = binding.set_endpoint(None) {
+            self.end_on(&address, &binding.session_id).await;
+            binding.preferred = Some(address);
         }
     }
 

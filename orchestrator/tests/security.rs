@@ -36,6 +36,7 @@ use voxwire_tts_worker::server::{self as tts_server, Args as WorkerArgs, Running
 const WAIT: Duration = Duration::from_secs(20);
 const TOKEN: &str = "vx-test-token-7f3a9c1e5b";
 const WRONG_TOKEN: &str = "vx-wrong-token-0000000000";
+const REGISTRY_TOKEN: &str = "vx-registry-token-5d2e8b";
 
 // ------------------------------------------------------------------ logs
 
@@ -165,6 +166,7 @@ fn secured_args(pki: &Pki, worker: &Worker) -> Args {
         worker_tls_cert: Some(pki.path("client.pem")),
         worker_tls_key: Some(pki.path("client-key.pem")),
         auth_token: Some(Secret::new(TOKEN).expect("token")),
+        registry_token: Some(Secret::new(REGISTRY_TOKEN).expect("token")),
         ready_wait_ms: 500,
         ..Args::for_tests()
     }
@@ -315,6 +317,13 @@ async fn with_tls_and_a_token_no_rpc_succeeds_without_credentials() {
     // their own merits: no STT worker here, a made-up registration address).
     let trusted = connect(&addr, Some(&tls), Some(TOKEN)).await;
     for (rpc, result) in every_rpc(&trusted).await {
+        if rpc == "Register" {
+            // Regression (issue 22, High 1): clients and workers shared one
+            // credential, so any client could put a worker into the pools.
+            let status = result.expect_err("a client token registers no worker");
+            assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+            continue;
+        }
         if let Err(status) = &result {
             assert!(
                 !matches!(
@@ -324,10 +333,20 @@ async fn with_tls_and_a_token_no_rpc_succeeds_without_credentials() {
                 "{rpc} with the token: {status:?}"
             );
         }
-        if rpc == "Speak" || rpc == "Register" || rpc == "TTS relay StartSession" {
+        if rpc == "Speak" || rpc == "TTS relay StartSession" {
             assert!(result.is_ok(), "{rpc} with the token: {result:?}");
         }
     }
+    // Workers register with the registry token, and only with it.
+    let worker_side = connect(&addr, Some(&tls), Some(REGISTRY_TOKEN)).await;
+    RegistryClient::new(worker_side)
+        .register(RegisterRequest {
+            kind: "tts".into(),
+            address: "127.0.0.1:9".into(),
+            lease_seconds: 5,
+        })
+        .await
+        .expect("registration with the registry token");
 
     // Plaintext to the TLS port gets nothing, not even health.
     let plain = voxwire_service::tls::connect(&addr, None).await;

@@ -13,8 +13,6 @@ use voxwire_orchestrator::metrics;
 use voxwire_proto::tts::tts_service_client::TtsServiceClient;
 use voxwire_proto::tts::{StartSessionRequest, TextChunk};
 use voxwire_proto::tts_stream::TtsStreamValidator;
-use voxwire_proto::voxwire::v1::registry_client::RegistryClient;
-use voxwire_proto::voxwire::v1::RegisterRequest;
 use voxwire_tts_worker::server::Args as WorkerArgs;
 
 #[tokio::test]
@@ -111,8 +109,10 @@ async fn hundred_messages_in_one_session() {
     for i in 0..100 {
         speak_ok(&mut client, "chatty", &format!("Message number {i}.")).await;
     }
-    // One StartSession for the whole client session.
-    assert_eq!(worker.active_sessions(), 1.0);
+    // A session Speak opened is nobody's to end: each turn's worker session
+    // ends with it (issue 22), while the client session goes on.
+    assert_eq!(worker.active_sessions(), 0.0);
+    assert_eq!(orch.running.app.sessions.len(), 1);
     assert_eq!(
         orch.running
             .app
@@ -131,14 +131,14 @@ async fn orchestrator_first_then_worker_converges() {
     let orch = orchestrator(tts_args(std::slice::from_ref(&address))).await;
     let (status, _) = orch.http_get("/readyz").await;
     assert_eq!(status, 503, "not ready without a worker");
-    let worker = tone_worker(WorkerArgs {
+    let _worker = tone_worker(WorkerArgs {
         listen: address.clone(),
         ..WorkerArgs::tone_for_tests()
     })
     .await;
     orch.wait_ready().await;
     speak_ok(&mut orch.voxwire(), "late-worker", "Finally.").await;
-    assert_eq!(worker.active_sessions(), 1.0);
+    assert_eq!(dispatched(&orch.tts_pool().snapshot(), &address), 1);
 }
 
 #[tokio::test]
@@ -149,22 +149,17 @@ async fn worker_killed_mid_stream_fails_the_turn_and_the_next_goes_elsewhere() {
     })
     .await;
     let proxy = Proxy::start(doomed.running.addr).await;
-    let orch = orchestrator(tts_args(&[proxy.address()])).await;
+    let orch = orchestrator(with_registry(tts_args(&[proxy.address()]))).await;
     orch.wait_ready().await;
     let mut client = orch.voxwire();
     speak_ok(&mut client, "victim", "Short.").await;
 
     // A second worker announces itself through the registry.
     let survivor = tone_worker(WorkerArgs::tone_for_tests()).await;
-    let lease = RegistryClient::new(orch.channel.clone())
-        .register(RegisterRequest {
-            kind: "tts".into(),
-            address: survivor.address(),
-            lease_seconds: 30,
-        })
+    let lease = orch
+        .register("tts", &survivor.address(), 30)
         .await
-        .expect("register")
-        .into_inner();
+        .expect("register");
     assert_eq!(lease.lease_seconds, 30);
     orch.wait_tts("both serving", |all| serving_count(all) == 2)
         .await;
@@ -201,7 +196,10 @@ async fn worker_killed_mid_stream_fails_the_turn_and_the_next_goes_elsewhere() {
 
     // The next turn of the same session goes to the survivor.
     speak_ok(&mut client, "victim", "Still here.").await;
-    assert_eq!(survivor.active_sessions(), 1.0);
+    assert_eq!(
+        dispatched(&orch.tts_pool().snapshot(), &survivor.address()),
+        1
+    );
 }
 
 /// Regression: a worker killed before its first frame reached the client
@@ -213,7 +211,7 @@ async fn worker_killed_before_the_first_frame_is_retried_elsewhere() {
     let stalled = FakeTts::new(Mode::Stall);
     let doomed = fake_tts(stalled.clone(), true).await;
     let proxy = Proxy::start(doomed.addr).await;
-    let orch = orchestrator(tts_args(&[proxy.address()])).await;
+    let orch = orchestrator(with_registry(tts_args(&[proxy.address()]))).await;
     orch.wait_ready().await;
     let mut client = orch.voxwire();
     let turn = tokio::spawn(async move { speak(&mut client, "victim", "Hello there.").await });
@@ -227,12 +225,7 @@ async fn worker_killed_before_the_first_frame_is_retried_elsewhere() {
 
     // Only now a second worker, so the first attempt surely went to the doomed one.
     let survivor = tone_worker(WorkerArgs::tone_for_tests()).await;
-    RegistryClient::new(orch.channel.clone())
-        .register(RegisterRequest {
-            kind: "tts".into(),
-            address: survivor.address(),
-            lease_seconds: 30,
-        })
+    orch.register("tts", &survivor.address(), 30)
         .await
         .expect("register");
     let survivor_address = survivor.address();
@@ -369,7 +362,9 @@ async fn invalid_frames_end_the_turn_and_the_session_goes_on() {
     );
     // Same session, next turn: fine.
     speak_ok(&mut client, "victim", "Again.").await;
-    assert_eq!(faulty.start_calls(), 1, "the session stayed open");
+    // The client session went on; its worker session, opened by a Speak,
+    // ends with each turn (issue 22), so each turn opened one.
+    assert_eq!(faulty.start_calls(), 2);
 }
 
 #[tokio::test]
@@ -446,31 +441,22 @@ async fn dns_targets_are_resolved() {
 #[tokio::test]
 async fn expired_lease_drops_the_worker() {
     let worker = tone_worker(WorkerArgs::tone_for_tests()).await;
-    let orch = orchestrator(Args {
+    let orch = orchestrator(with_registry(Args {
         max_lease_seconds: 1,
         ..Args::for_tests()
-    })
+    }))
     .await;
-    let granted = RegistryClient::new(orch.channel.clone())
-        .register(RegisterRequest {
-            kind: "tts".into(),
-            address: worker.address(),
-            lease_seconds: 30,
-        })
+    let granted = orch
+        .register("tts", &worker.address(), 30)
         .await
-        .expect("register")
-        .into_inner();
+        .expect("register");
     assert_eq!(granted.lease_seconds, 1, "shortened to the maximum");
     orch.wait_ready().await;
     speak_ok(&mut orch.voxwire(), "leased", "Hello.").await;
     // Not renewed: gone within the lease (plus the wait's slack).
     orch.wait_tts("lease expired", |all| all.is_empty()).await;
-    let bad = RegistryClient::new(orch.channel.clone())
-        .register(RegisterRequest {
-            kind: "video".into(),
-            address: worker.address(),
-            lease_seconds: 1,
-        })
+    let bad = orch
+        .register("video", &worker.address(), 1)
         .await
         .expect_err("unknown kind");
     assert_eq!(bad.code(), Code::InvalidArgument);
@@ -482,7 +468,16 @@ async fn session_forgotten_by_the_worker_is_reopened() {
     let orch = orchestrator(tts_args(&[worker.address()])).await;
     orch.wait_ready().await;
     let mut client = orch.voxwire();
+    // An explicit session (StartSession) stays open on its worker between turns.
+    TtsServiceClient::new(orch.channel.clone())
+        .start_session(StartSessionRequest {
+            session_id: "forgotten".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("StartSession");
     speak_ok(&mut client, "forgotten", "One.").await;
+    assert_eq!(worker.active_sessions(), 1.0);
     // The worker drops the session behind the orchestrator's back (as its
     // idle reaping or a restart would).
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", worker.address()))

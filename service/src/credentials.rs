@@ -105,6 +105,43 @@ impl FromStr for Secret {
     }
 }
 
+/// The clap value parser of token flags: a refusal names the flag and the
+/// rule, never the value (clap's own message quotes it, and a mistyped token
+/// is still mostly a token).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SecretParser;
+
+impl clap::builder::TypedValueParser for SecretParser {
+    type Value = Secret;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Secret, clap::Error> {
+        use clap::error::ErrorKind;
+        let flag = arg.map_or_else(
+            || "the token".to_string(),
+            |arg| match arg.get_long() {
+                Some(long) => format!("--{long}"),
+                None => arg.get_id().to_string(),
+            },
+        );
+        let refuse = |kind, reason: &str| {
+            clap::Error::raw(kind, format!("the value of {flag} (not shown) {reason}\n"))
+                .with_cmd(cmd)
+        };
+        let text = value
+            .to_str()
+            .ok_or_else(|| refuse(ErrorKind::InvalidUtf8, "is not UTF-8"))?;
+        Secret::new(text).map_err(|error| match error {
+            CredentialsError::Invalid(reason) => refuse(ErrorKind::ValueValidation, reason),
+            other => refuse(ErrorKind::ValueValidation, &other.to_string()),
+        })
+    }
+}
+
 /// The token from an inline value or a file (at most one of them).
 pub fn resolve_token(
     inline: Option<&Secret>,

@@ -56,6 +56,11 @@ pub struct Args {
     /// Audio between two partial transcripts, in milliseconds.
     #[arg(long, env = "VOXWIRE_PARTIAL_INTERVAL_MS", default_value_t = EndpointConfig::default().partial_interval_ms)]
     pub partial_interval_ms: u32,
+    /// Close a Recognize stream whose client sends nothing for this long
+    /// (a config-only or stalled stream would hold its slot for ever), in
+    /// seconds; past it: DEADLINE_EXCEEDED.
+    #[arg(long, env = "VOXWIRE_STREAM_IDLE_SECONDS", default_value_t = 30)]
+    pub stream_idle_seconds: u64,
     /// Bound on finishing in-flight work after SIGTERM, in seconds.
     #[arg(long, env = "VOXWIRE_DRAIN_SECONDS", default_value_t = 10)]
     pub drain_seconds: u64,
@@ -80,6 +85,7 @@ impl Args {
             endpoint_silence_ms: EndpointConfig::default().min_silence_ms,
             first_partial_ms: EndpointConfig::default().first_partial_ms,
             partial_interval_ms: EndpointConfig::default().partial_interval_ms,
+            stream_idle_seconds: 30,
             drain_seconds: 5,
             max_message_bytes: voxwire_service::limits::DEFAULT_MAX_MESSAGE_BYTES,
             tls: ServerTlsArgs::default(),
@@ -123,6 +129,8 @@ pub async fn start(
     let drain = Drain::new();
     let config = SttConfig {
         max_sessions: args.max_sessions,
+        // Zero would close every stream at once; a second is the least.
+        stream_idle: std::time::Duration::from_secs(args.stream_idle_seconds.max(1)),
         limits: SttLimits {
             max_chunk_bytes: args.max_chunk_bytes,
             max_stream_seconds: args.max_stream_seconds,

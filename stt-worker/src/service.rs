@@ -33,6 +33,8 @@ const AUDIO_QUEUE: usize = 256;
 #[derive(Debug, Clone)]
 pub struct SttConfig {
     pub max_sessions: usize,
+    /// See `--stream-idle-seconds`.
+    pub stream_idle: Duration,
     pub limits: SttLimits,
     pub endpointing: EndpointConfig,
 }
@@ -210,7 +212,11 @@ impl SttService for SttServiceImpl {
         })?;
         let mut input = request.into_inner();
         let mut requests = SttRequestValidator::new(self.worker.config.limits);
-        let first = match input.message().await? {
+        let idle = self.worker.config.stream_idle;
+        let first = match tokio::time::timeout(idle, input.message())
+            .await
+            .map_err(|_| idle_stream(idle))??
+        {
             Some(first) => first,
             None => {
                 requests.half_closed()?;
@@ -247,7 +253,9 @@ impl SttService for SttServiceImpl {
             .name(format!("stt-{}", config.session_id))
             .spawn(move || thread.run(recognizer, audio_rx))
             .map_err(|e| Status::internal(format!("cannot start a recognizer thread: {e}")))?;
-        tokio::spawn(read_audio(input, requests, resampler, audio_tx, events_tx));
+        tokio::spawn(read_audio(
+            input, requests, resampler, audio_tx, events_tx, idle,
+        ));
         Ok(Response::new(ReceiverStream::new(events_rx)))
     }
 
@@ -275,17 +283,33 @@ impl SttService for SttServiceImpl {
     }
 }
 
+/// A client that sent nothing for `idle`: its stream is closed, returning
+/// the slot it holds.
+fn idle_stream(idle: Duration) -> Status {
+    Status::deadline_exceeded(format!(
+        "no request from the client within {} s (--stream-idle-seconds): the stream is closed",
+        idle.as_secs()
+    ))
+}
+
 /// Reads the client's audio, checks each request, resamples to 16 kHz and
 /// queues it for the recognizer; ends the audio at is_final or half-close.
+/// A client silent for `idle` ends the stream with DEADLINE_EXCEEDED.
 async fn read_audio(
     mut input: Streaming<RecognizeRequest>,
     mut requests: SttRequestValidator,
     mut resampler: voxwire_dsp::StreamResampler,
     audio: mpsc::Sender<Audio>,
     events: EventSender,
+    idle: Duration,
 ) {
     loop {
-        let request = match input.message().await {
+        let Ok(next) = tokio::time::timeout(idle, input.message()).await else {
+            // Dropping `audio` stops the recognizer without a final.
+            let _ = events.send(Err(idle_stream(idle))).await;
+            return;
+        };
+        let request = match next {
             Ok(Some(request)) => request,
             Ok(None) => {
                 if let Err(violation) = requests.half_closed() {
@@ -342,7 +366,7 @@ async fn read_audio(
     // response stream ends as soon as the recognizer has sent its last final.
     let events = events.downgrade();
     drop(audio);
-    while let Ok(Some(late)) = input.message().await {
+    while let Ok(Ok(Some(late))) = tokio::time::timeout(idle, input.message()).await {
         if let Err(violation) = requests.accept(&late) {
             if let Some(events) = events.upgrade() {
                 let _ = events.send(Err(violation.to_status())).await;

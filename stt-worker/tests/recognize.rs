@@ -259,3 +259,43 @@ async fn capacity_is_enforced_and_a_cancelled_stream_returns_its_slot() {
     .await
     .expect("served again");
 }
+
+/// Regression (issue 22, High 4): streams that sent only their config held
+/// every slot for minutes; a stream silent past --stream-idle-seconds is
+/// closed with DEADLINE_EXCEEDED and its slot returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_config_only_stream_is_closed_and_returns_its_slot() {
+    let Some(fixture) = start_worker(|args| {
+        args.max_sessions = 1;
+        args.stream_idle_seconds = 1;
+    })
+    .await
+    else {
+        return;
+    };
+    let channel = voxctl::connect(&fixture.target).await.expect("connect");
+    let mut client = SttServiceClient::new(channel);
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(config(16_000)).await.expect("send");
+    let mut events = client
+        .recognize(ReceiverStream::new(rx))
+        .await
+        .expect("stream opened")
+        .into_inner();
+    let ended = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .expect("closed within the bound");
+    let status = ended.expect("an item").expect_err("an error, not an event");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        status.message().contains("--stream-idle-seconds"),
+        "{status:?}"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while fixture.running.worker.load_metrics().get("active_streams") != Some(&0.0) {
+        assert!(tokio::time::Instant::now() < deadline, "slot not returned");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The client still holds its sender: the close came from the worker.
+    drop(tx);
+}

@@ -83,6 +83,25 @@ pub struct TtsWorker {
     rtf_bits: AtomicU64,
 }
 
+/// One request counted in `queued_requests` while it waits for an
+/// inference slot. A guard, because a cancelled call drops its wait
+/// mid-await: a decrement after the await never ran, and the gauge leaked
+/// (the orchestrator then kept avoiding the worker).
+struct Queued<'a>(&'a AtomicUsize);
+
+impl<'a> Queued<'a> {
+    fn enter(counter: &'a AtomicUsize) -> Queued<'a> {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Queued(counter)
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic elsewhere while holding the lock leaves plain data behind that
     // is still consistent for our uses (maps of Arcs).
@@ -223,9 +242,10 @@ impl TtsWorker {
         voice: Arc<dyn Voice>,
         sentence: String,
     ) -> Result<Vec<i16>, EngineError> {
-        self.queued.fetch_add(1, Ordering::Relaxed);
-        let permit = Arc::clone(&self.inference).acquire_owned().await;
-        self.queued.fetch_sub(1, Ordering::Relaxed);
+        let permit = {
+            let _queued = Queued::enter(&self.queued);
+            Arc::clone(&self.inference).acquire_owned().await
+        };
         let permit = permit.map_err(|e| EngineError::Synthesis(e.to_string()))?;
         let started = Instant::now();
         let out_rate = FrameFormat::DEFAULT.sample_rate();

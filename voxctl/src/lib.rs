@@ -9,6 +9,8 @@ pub mod speak;
 pub mod transcribe;
 pub mod wav;
 
+use std::time::Duration;
+
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use voxwire_service::credentials::{BearerToken, Secret};
@@ -24,12 +26,53 @@ pub fn fresh_session_id(prefix: &str) -> String {
 }
 
 /// How to reach a server: TLS (with the CA to trust, and a client
-/// certificate for mutual TLS) and the bearer token the orchestrator asks
-/// for. The default is plaintext without a token.
-#[derive(Debug, Clone, Default)]
+/// certificate for mutual TLS), the bearer token the orchestrator asks
+/// for, and how long to wait. The default is plaintext without a token,
+/// [`DEFAULT_CONNECT_TIMEOUT`] and [`DEFAULT_CALL_TIMEOUT`].
+#[derive(Debug, Clone)]
 pub struct ClientOptions {
     pub tls: Option<ClientTls>,
     pub token: Option<Secret>,
+    /// Longest wait for a connection (TCP, TLS and HTTP/2 handshakes).
+    pub connect_timeout: Duration,
+    /// Longest wait for an answer: a unary response, a stream's response
+    /// headers, the next frame of a Speak.
+    pub call_timeout: Duration,
+}
+
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            tls: None,
+            token: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            call_timeout: DEFAULT_CALL_TIMEOUT,
+        }
+    }
+}
+
+/// `future` bounded by `limit`: past it, [`ClientError::Timeout`] saying
+/// what did not come and which flag sets the bound.
+pub async fn within<T, F>(
+    limit: Duration,
+    what: &str,
+    flag: &str,
+    future: F,
+) -> Result<T, ClientError>
+where
+    F: std::future::Future<Output = Result<T, ClientError>>,
+{
+    tokio::time::timeout(limit, future)
+        .await
+        .unwrap_or_else(|_| {
+            Err(ClientError::Timeout(format!(
+                "{what} within {} ms ({flag})",
+                limit.as_millis()
+            )))
+        })
 }
 
 /// A connection that sends the options' token with every call.
@@ -44,12 +87,21 @@ pub async fn connect(target: &str) -> Result<Conn, ClientError> {
 pub async fn connect_with(target: &str, options: &ClientOptions) -> Result<Conn, ClientError> {
     let endpoint = voxwire_service::tls::endpoint(target, options.tls.as_ref())
         .map_err(|e| ClientError::Target(format!("{target}: {e}")))?
-        .connect_timeout(std::time::Duration::from_secs(5));
+        .connect_timeout(options.connect_timeout);
     let uri = endpoint.uri().to_string();
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| ClientError::Connect(format!("{uri}: {}", error_chain(&e))))?;
+    let connecting = async {
+        endpoint
+            .connect()
+            .await
+            .map_err(|e| ClientError::Connect(format!("{uri}: {}", error_chain(&e))))
+    };
+    let channel = within(
+        options.connect_timeout,
+        &format!("{uri}: no connection"),
+        "--connect-timeout-ms",
+        connecting,
+    )
+    .await?;
     Ok(InterceptedService::new(
         channel,
         BearerToken::new(options.token.clone()),
@@ -57,12 +109,17 @@ pub async fn connect_with(target: &str, options: &ClientOptions) -> Result<Conn,
 }
 
 /// A transport error with its causes: a TLS failure is only named in them.
+/// A cause whose text is already there is left out (tonic's errors repeat
+/// their source: "tcp connect error: tcp connect error").
 fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
         source = cause.source();
     }
     text
@@ -80,4 +137,6 @@ pub enum ClientError {
     Protocol(#[from] voxwire_proto::Violation),
     #[error("audio file: {0}")]
     Wav(String),
+    #[error("{0}")]
+    Timeout(String),
 }

@@ -5,7 +5,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use voxctl::transcribe::{Route, SendOptions};
 use voxctl::ClientOptions;
-use voxwire_service::credentials::{resolve_token, Secret};
+use voxwire_service::credentials::{resolve_token, Secret, SecretParser};
 use voxwire_service::tls::ClientTlsArgs;
 
 /// voxwire's command line: speak, transcribe, ask a server's health.
@@ -27,12 +27,30 @@ struct Cli {
         long,
         global = true,
         env = "VOXWIRE_AUTH_TOKEN",
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = SecretParser
     )]
     auth_token: Option<Secret>,
     /// A file holding the bearer token.
     #[arg(long, global = true, env = "VOXWIRE_AUTH_TOKEN_FILE")]
     auth_token_file: Option<PathBuf>,
+    /// Longest wait for a connection (TCP, TLS, HTTP/2), in milliseconds.
+    #[arg(
+        long,
+        global = true,
+        env = "VOXWIRE_CONNECT_TIMEOUT_MS",
+        default_value_t = 5_000
+    )]
+    connect_timeout_ms: u64,
+    /// Longest wait for an answer (a response, the next frame; for
+    /// transcribe, the next event once all audio is sent), in milliseconds.
+    #[arg(
+        long,
+        global = true,
+        env = "VOXWIRE_CALL_TIMEOUT_MS",
+        default_value_t = 30_000
+    )]
+    call_timeout_ms: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -83,8 +101,19 @@ enum Command {
 }
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<ExitCode> {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(error) => {
+            // One line, causes joined: probes and scripts log the first line.
+            eprintln!("voxctl: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Certs { dir, names } = &cli.command {
         let mut all: Vec<&str> = voxwire_service::tls::DEV_SERVER_NAMES.to_vec();
         all.extend(names.iter().map(String::as_str));
@@ -112,6 +141,8 @@ async fn main() -> anyhow::Result<ExitCode> {
         tls: cli.tls.load().context("TLS options")?,
         token: resolve_token(cli.auth_token.as_ref(), cli.auth_token_file.as_deref())
             .context("auth token")?,
+        connect_timeout: std::time::Duration::from_millis(cli.connect_timeout_ms.max(1)),
+        call_timeout: std::time::Duration::from_millis(cli.call_timeout_ms.max(1)),
     };
     match cli.command {
         Command::Certs { .. } => Ok(ExitCode::SUCCESS),

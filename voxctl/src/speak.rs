@@ -10,7 +10,7 @@ use voxwire_proto::tts_stream::TtsStreamValidator;
 use voxwire_proto::voxwire::v1::voxwire_client::VoxwireClient;
 use voxwire_proto::voxwire::v1::SpeakRequest;
 
-use crate::{connect_with, fresh_session_id, ClientError, ClientOptions};
+use crate::{connect_with, fresh_session_id, within, ClientError, ClientOptions};
 
 /// What came back.
 #[derive(Debug, Clone)]
@@ -49,16 +49,20 @@ pub async fn via_orchestrator_with(
     let mut client = VoxwireClient::new(connect_with(target, options).await?);
     let session_id = fresh_session_id("voxctl");
     let started = Instant::now();
-    let frames = client
-        .speak(SpeakRequest {
-            session_id: session_id.clone(),
-            text: text.to_string(),
-            model_id: model.to_string(),
-            ..Default::default()
-        })
+    let call = async {
+        Ok(client
+            .speak(SpeakRequest {
+                session_id: session_id.clone(),
+                text: text.to_string(),
+                model_id: model.to_string(),
+                ..Default::default()
+            })
+            .await?)
+    };
+    let frames = within(options.call_timeout, "no answer to Speak", CALL_FLAG, call)
         .await?
         .into_inner();
-    collect(frames, &session_id, started).await
+    collect(frames, &session_id, started, options.call_timeout).await
 }
 
 /// Straight to one worker's `tts.TTSService`: a session of one call.
@@ -75,13 +79,22 @@ pub async fn via_worker_with(
 ) -> Result<Spoken, ClientError> {
     let mut client = TtsServiceClient::new(connect_with(target, options).await?);
     let session_id = fresh_session_id("voxctl");
-    client
-        .start_session(StartSessionRequest {
-            session_id: session_id.clone(),
-            model_id: model.to_string(),
-            ..Default::default()
-        })
-        .await?;
+    let start = async {
+        Ok(client
+            .start_session(StartSessionRequest {
+                session_id: session_id.clone(),
+                model_id: model.to_string(),
+                ..Default::default()
+            })
+            .await?)
+    };
+    within(
+        options.call_timeout,
+        "no answer to StartSession",
+        CALL_FLAG,
+        start,
+    )
+    .await?;
     let started = Instant::now();
     let chunk = TextChunk {
         session_id: session_id.clone(),
@@ -90,32 +103,46 @@ pub async fn via_worker_with(
         sequence_number: 1,
     };
     let result = async {
-        let frames = client
-            .synthesize(tokio_stream::iter(vec![chunk]))
-            .await?
-            .into_inner();
-        collect(frames, &session_id, started).await
+        let call = async { Ok(client.synthesize(tokio_stream::iter(vec![chunk])).await?) };
+        let frames = within(
+            options.call_timeout,
+            "no answer to Synthesize",
+            CALL_FLAG,
+            call,
+        )
+        .await?
+        .into_inner();
+        collect(frames, &session_id, started, options.call_timeout).await
     }
     .await;
     // Close the session whatever happened; its outcome does not change ours.
-    let _ = client
-        .end_session(EndSessionRequest {
+    let _ = tokio::time::timeout(
+        options.call_timeout,
+        client.end_session(EndSessionRequest {
             session_id: session_id.clone(),
-        })
-        .await;
+        }),
+    )
+    .await;
     result
 }
+
+const CALL_FLAG: &str = "--call-timeout-ms";
 
 async fn collect(
     mut frames: tonic::Streaming<AudioFrame>,
     session_id: &str,
     started: Instant,
+    gap: Duration,
 ) -> Result<Spoken, ClientError> {
     let mut validator = TtsStreamValidator::new(session_id);
     let mut pcm = Vec::new();
     let mut first_audio = None;
     let mut count = 0;
-    while let Some(frame) = frames.next().await {
+    loop {
+        let next = async { Ok(frames.next().await) };
+        let Some(frame) = within(gap, "no frame", CALL_FLAG, next).await? else {
+            break;
+        };
         let frame = frame?;
         let kind = validator.observe(&frame)?;
         count += 1;

@@ -15,7 +15,7 @@ use voxwire_proto::stt::{
 use voxwire_proto::stt_stream::SttStreamValidator;
 use voxwire_proto::voxwire::v1::voxwire_client::VoxwireClient;
 
-use crate::{connect_with, fresh_session_id, ClientError, ClientOptions};
+use crate::{connect_with, fresh_session_id, within, ClientError, ClientOptions};
 
 /// Where the audio goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,16 +115,36 @@ pub async fn transcribe_with(
     };
     tokio::spawn(sender);
     let requests = ReceiverStream::new(rx);
-    let mut events = match route {
-        Route::Worker => SttServiceClient::new(channel).recognize(requests).await?,
-        Route::Orchestrator => VoxwireClient::new(channel).transcribe(requests).await?,
-    }
+    let call = async {
+        Ok(match route {
+            Route::Worker => SttServiceClient::new(channel).recognize(requests).await?,
+            Route::Orchestrator => VoxwireClient::new(channel).transcribe(requests).await?,
+        })
+    };
+    let mut events = within(
+        client.call_timeout,
+        "no answer to the transcription",
+        "--call-timeout-ms",
+        call,
+    )
+    .await?
     .into_inner();
     let mut validator = SttStreamValidator::new(session_id, options.partials);
     let mut marked = false;
     let mut all = Vec::new();
-    while let Some(event) = events.next().await {
-        let event = event?;
+    loop {
+        let event = match tokio::time::timeout(client.call_timeout, events.next()).await {
+            Ok(Some(event)) => event?,
+            Ok(None) => break,
+            // While audio is still going out, silence from the server is normal.
+            Err(_) if !end_sent.load(Ordering::Acquire) => continue,
+            Err(_) => {
+                return Err(ClientError::Timeout(format!(
+                    "no transcript within {} ms of the end of audio (--call-timeout-ms)",
+                    client.call_timeout.as_millis()
+                )))
+            }
+        };
         if !marked && end_sent.load(Ordering::Acquire) {
             validator.end_of_audio();
             marked = true;

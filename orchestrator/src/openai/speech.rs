@@ -6,13 +6,15 @@
 //! short, which clients report as an incomplete read.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -25,7 +27,7 @@ use super::error::ApiError;
 use super::wav;
 use crate::api::{speak_stream, TextSource};
 use crate::app::Orchestrator;
-use crate::sessions::new_session_id;
+use crate::sessions::{new_session_id, Opener};
 
 /// OpenAI's voice names: each speaks with the TTS pool's default voice. Any
 /// other name is taken as a voice (model id) of the workers' catalogue.
@@ -161,6 +163,7 @@ fn voice_model(voice: Option<&serde_json::Value>) -> Result<String, ApiError> {
 
 pub async fn create(
     State(app): State<Arc<Orchestrator>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -176,9 +179,17 @@ pub async fn create(
     })?;
     let speech = parse(&body, app.settings.security.max_text_chars)?;
     let id = new_session_id();
+    // Like a Speak without a session id: the worker session ends with the
+    // turn, and the client's address counts against its session limit.
+    let opener = Opener {
+        owner: peer.map(|Extension(ConnectInfo(address))| address.ip()),
+        implicit: true,
+        one_shot: true,
+    };
     let session = app
         .sessions
-        .get_or_create(&id, &speech.voice, HashMap::new());
+        .get_or_create(&id, &speech.voice, HashMap::new(), opener)
+        .map_err(|error| ApiError::from_status(&error.to_status()))?;
     let started = speak_stream(
         Arc::clone(&app),
         session,

@@ -73,7 +73,61 @@ pub fn tts_args(targets: &[String]) -> Args {
     }
 }
 
+/// The token workers register with in these tests (registration is off
+/// without one).
+pub const REGISTRY_TOKEN: &str = "test-registry-token";
+
+/// `args` with registration turned on (the token [`REGISTRY_TOKEN`]).
+pub fn with_registry(args: Args) -> Args {
+    Args {
+        registry_token: Some(
+            voxwire_service::credentials::Secret::new(REGISTRY_TOKEN).expect("valid token"),
+        ),
+        ..args
+    }
+}
+
+/// Register as a worker would, sending `token` (`None`: no credentials).
+pub async fn register_with(
+    channel: &Channel,
+    token: Option<&str>,
+    kind: &str,
+    address: &str,
+    lease_seconds: u32,
+) -> Result<voxwire_proto::voxwire::v1::RegisterResponse, Status> {
+    let token = token.map(|t| voxwire_service::credentials::Secret::new(t).expect("valid token"));
+    let mut client = voxwire_proto::voxwire::v1::registry_client::RegistryClient::with_interceptor(
+        channel.clone(),
+        voxwire_service::credentials::BearerToken::new(token),
+    );
+    client
+        .register(voxwire_proto::voxwire::v1::RegisterRequest {
+            kind: kind.into(),
+            address: address.into(),
+            lease_seconds,
+        })
+        .await
+        .map(Response::into_inner)
+}
+
 impl Orchestrator {
+    /// Registers `address` with the registry token of [`with_registry`].
+    pub async fn register(
+        &self,
+        kind: &str,
+        address: &str,
+        lease_seconds: u32,
+    ) -> Result<voxwire_proto::voxwire::v1::RegisterResponse, Status> {
+        register_with(
+            &self.channel,
+            Some(REGISTRY_TOKEN),
+            kind,
+            address,
+            lease_seconds,
+        )
+        .await
+    }
+
     pub fn voxwire(&self) -> VoxwireClient<Channel> {
         VoxwireClient::new(self.channel.clone())
     }
