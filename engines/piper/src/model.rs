@@ -5,6 +5,8 @@
 //! come from the weight shapes and the convolution attributes of the exported
 //! graph, so every Piper quality level loads through the same code.
 
+use std::ops::Range;
+
 use candle_core::{DType, Device, Module, Tensor};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -99,6 +101,15 @@ impl Conv1d {
 
     fn in_channels(&self) -> Result<usize> {
         Ok(self.weight.dim(1)? * self.attrs.groups)
+    }
+
+    /// Input steps on either side that one output step reads.
+    fn reach(&self) -> Result<usize> {
+        let span = self.attrs.dilation * (self.weight.dim(2)? - 1);
+        Ok(self
+            .attrs
+            .padding
+            .max(span.saturating_sub(self.attrs.padding)))
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -739,6 +750,14 @@ impl ResBlock {
         }
     }
 
+    /// Input steps on either side that one output step depends on.
+    fn reach(&self) -> usize {
+        match self {
+            Self::One(pairs) => pairs.iter().map(|(c1, c2)| c1.reach() + c2.reach()).sum(),
+            Self::Two(convs) => convs.iter().map(FusedConv1d::reach).sum(),
+        }
+    }
+
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut x = x.contiguous()?;
         match self {
@@ -834,6 +853,28 @@ impl Decoder {
         self.ups.iter().map(|u| u.stride).product()
     }
 
+    /// Latent frames on either side of an output sample that can influence
+    /// it: the decoder's receptive field, rounded up to whole frames.
+    fn receptive_field_frames(&self) -> Result<usize> {
+        let hop = self.hop_length();
+        let per_stage = self.resblocks.len() / self.ups.len();
+        // Output samples per step at the rate of the layer at hand.
+        let mut step = hop;
+        let mut samples = self.conv_pre.reach()? * step;
+        for (i, up) in self.ups.iter().enumerate() {
+            samples += up.op.reach() * step;
+            step /= up.stride;
+            let widest = self.resblocks[i * per_stage..(i + 1) * per_stage]
+                .iter()
+                .map(ResBlock::reach)
+                .max()
+                .unwrap_or(0);
+            samples += widest * step;
+        }
+        samples += self.conv_post.reach()?;
+        Ok(samples.div_ceil(hop))
+    }
+
     fn forward(&self, z: &Tensor, speaker: Option<&Tensor>) -> Result<Tensor> {
         let per_stage = self.resblocks.len() / self.ups.len();
         let mut x = self.conv_pre.forward(z)?;
@@ -912,7 +953,16 @@ impl Vits {
         })
     }
 
-    pub fn synthesize(
+    /// The decoder's receptive field in latent frames (see
+    /// [`Vits::decode_frames`]).
+    pub fn receptive_field_frames(&self) -> Result<usize> {
+        self.dec.receptive_field_frames()
+    }
+
+    /// Text encoder, durations, noise and reverse flow for one sentence: the
+    /// latent the decoder turns into audio. Every random draw happens here,
+    /// so decoding the latent in pieces changes nothing but the arithmetic.
+    pub fn latent(
         &self,
         ids: &[i64],
         speaker_id: i64,
@@ -920,7 +970,7 @@ impl Vits {
         length_scale: f32,
         noise_w: f32,
         seed: u64,
-    ) -> Result<Vec<f32>> {
+    ) -> Result<Latent> {
         let vocab = self.enc_p.emb.embeddings().dim(0)?;
         let ids_u32 = ids
             .iter()
@@ -997,11 +1047,73 @@ impl Vits {
             z = z.flip(&[1])?;
             z = flow.reverse(&z, g)?;
         }
-        let audio = self.dec.forward(&z, g)?;
+        Ok(Latent {
+            z: z.contiguous()?,
+            frames: n_frames,
+            speaker,
+        })
+    }
+
+    /// Audio for latent frames `frames` (each `hop_length` samples), decoded
+    /// from that range widened by `context` frames on each side (less at the
+    /// sentence's edges) and cut back to the range. With `context` at least
+    /// [`Vits::receptive_field_frames`] the samples equal those of decoding
+    /// the whole latent, up to float rounding; less context trades accuracy
+    /// at the cut for less work.
+    pub fn decode_frames(
+        &self,
+        latent: &Latent,
+        frames: Range<usize>,
+        context: usize,
+    ) -> Result<Vec<f32>> {
+        let n = latent.frames;
+        if frames.start >= frames.end || frames.end > n {
+            return Err(PiperError::Format(format!(
+                "decode window {frames:?} outside a latent of {n} frames"
+            )));
+        }
+        let lo = frames.start.saturating_sub(context);
+        let hi = (frames.end + context).min(n);
+        let z = if lo == 0 && hi == n {
+            latent.z.clone()
+        } else {
+            latent.z.narrow(2, lo, hi - lo)?
+        };
+        let audio = self.dec.forward(&z, latent.speaker.as_ref())?;
+        let hop = self.hop_length();
         Ok(audio
             .flatten_all()?
+            .narrow(0, (frames.start - lo) * hop, frames.len() * hop)?
             .to_dtype(DType::F32)?
             .to_vec1::<f32>()?)
+    }
+
+    pub fn synthesize(
+        &self,
+        ids: &[i64],
+        speaker_id: i64,
+        noise_scale: f32,
+        length_scale: f32,
+        noise_w: f32,
+        seed: u64,
+    ) -> Result<Vec<f32>> {
+        let latent = self.latent(ids, speaker_id, noise_scale, length_scale, noise_w, seed)?;
+        self.decode_frames(&latent, 0..latent.frames, 0)
+    }
+}
+
+/// One sentence's latent (`[1, C, frames]`) and its speaker conditioning.
+#[derive(Debug, Clone)]
+pub struct Latent {
+    z: Tensor,
+    frames: usize,
+    speaker: Option<Tensor>,
+}
+
+impl Latent {
+    /// Latent frames; the audio is `frames * hop_length` samples.
+    pub fn frames(&self) -> usize {
+        self.frames
     }
 }
 
