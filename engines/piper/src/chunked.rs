@@ -1,12 +1,14 @@
 //! Decoding a sentence in windows of latent frames, so its first audio is
 //! ready after a small window instead of after the whole sentence.
 //!
-//! The text encoder, durations and flow run once for the sentence (a few
-//! percent of the work); the HiFi-GAN decoder, which is convolutional, then
-//! runs over windows widened by a context of latent frames on each side and
-//! cut back to their own frames. With the context at the decoder's receptive
-//! field the joined audio equals the whole-sentence decode up to float
-//! rounding; the voice uses less (see [`crate::PiperVoice::decode_context`]).
+//! The text encoder (attention over the whole sentence) and the duration
+//! predictor run once for the sentence. The flow and the HiFi-GAN decoder are
+//! convolutional, so they run window by window: the flow over the frames the
+//! next window needs, widened by its receptive field; the decoder over the
+//! window widened by a context of latent frames on each side, cut back to the
+//! window's own frames. With the context at the decoder's receptive field
+//! (the default, [`crate::PiperVoice::decode_context`]) the joined audio
+//! equals the whole-sentence decode up to float rounding.
 
 use std::fmt;
 use std::ops::Range;
@@ -166,7 +168,10 @@ impl Iterator for ChunkedSynthesis<'_> {
 
     fn next(&mut self) -> Option<Self::Item> {
         let window = self.windows.next()?;
-        Some(self.model.decode_frames(&self.latent, window, self.context))
+        Some(
+            self.model
+                .decode_frames(&mut self.latent, window, self.context),
+        )
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {

@@ -307,9 +307,9 @@ impl PiperVoice {
     }
 
     /// [`PiperVoice::synthesize_ids`] decoded window by window: the text
-    /// encoder, durations and flow run now (errors in the ids show here);
-    /// each item of the result is the next window's audio, decoded when
-    /// asked for. Joined, the items equal `synthesize_ids`' audio within
+    /// encoder and durations run now (errors in the ids show here); each item
+    /// of the result is the next window's audio, through the flow and the
+    /// decoder when asked for. Joined, the items equal `synthesize_ids`' audio within
     /// 1e-3 per sample (the same random draws, the same length).
     pub fn synthesize_ids_chunked(
         &self,
