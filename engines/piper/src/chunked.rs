@@ -32,10 +32,12 @@ pub enum DecodeWindows {
 
 impl DecodeWindows {
     /// What the worker uses unless told otherwise: 16 frames (about 190 ms of
-    /// audio) first, up to 256 frames (about 3 s) per window.
+    /// audio) first, up to 512 frames (about 6 s) per window. Doubling keeps
+    /// each window's work well inside the audio already out at real-time
+    /// factors up to about 0.5.
     pub const DEFAULT: DecodeWindows = DecodeWindows::Chunked {
         first: 16,
-        max: 256,
+        max: 512,
     };
 
     /// The windows for a sentence of `frames` latent frames, in order,
@@ -80,7 +82,7 @@ impl fmt::Display for DecodeWindows {
 
 /// A decode-window setting that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid decode window {input:?}: {reason}; expected FIRST,MAX in latent frames (e.g. 16,256) or \"whole\"")]
+#[error("invalid decode window {input:?}: {reason}; expected FIRST,MAX in latent frames (e.g. 16,512) or \"whole\"")]
 pub struct DecodeWindowsError {
     input: String,
     reason: &'static str,
@@ -225,7 +227,7 @@ mod tests {
 
     #[test]
     fn settings_parse_and_print_back() {
-        for text in ["whole", "16,256", "1,1"] {
+        for text in ["whole", "16,512", "1,1"] {
             let parsed: DecodeWindows = text.parse().expect("parses");
             assert_eq!(parsed.to_string(), text);
         }

@@ -1105,9 +1105,10 @@ impl Vits {
             return Ok(());
         }
         let n = latent.frames;
-        // Each stretch pays the context on both sides, so run at least as
-        // far again as already done: few stretches, the first still short.
-        let end = end.max(2 * done).min(n);
+        // Each stretch pays the context on both sides, so run to at least
+        // four times what is done: few stretches, the first still short, and
+        // each cheap beside the audio already decoded ahead of it.
+        let end = end.max(4 * done).min(n);
         let lo = done.saturating_sub(self.flow_context);
         let hi = (end + self.flow_context).min(n);
         let mut z = if lo == 0 && hi == n {
