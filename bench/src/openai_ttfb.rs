@@ -47,6 +47,8 @@ pub async fn run(config: &TtfbConfig, bins: &Bins, logs: &Path) -> Result<TtfbRe
         workers: 1,
         engine: Engine::Piper {
             voice: config.voice.clone(),
+            // The worker's default (chunked) decoding, as users run it.
+            decode_window: None,
         },
         orchestrator: true,
         bare_relay: false,

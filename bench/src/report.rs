@@ -215,7 +215,12 @@ pub fn engines(dir: &Path) -> Value {
                     "threads": v["threads"],
                     "rtf_mean": v["overall_rtf"],
                     "rtf_best": v["overall_rtf_best"],
-                    "first_sentence_ms": v["first_sentence_ms"],
+                    "rtf_chunked_mean": v["overall_rtf_chunked"],
+                    "rtf_chunked_best": v["overall_rtf_chunked_best"],
+                    "rtf_onnxruntime_mean": v["onnxruntime"]["overall_rtf"],
+                    "rtf_onnxruntime_best": v["onnxruntime"]["overall_rtf_best"],
+                    "first_audio_longest_sentence_ms_whole": v["longest_sentence_first_audio_ms_whole"],
+                    "first_audio_longest_sentence_ms_chunked": v["longest_sentence_first_audio_ms_chunked"],
                     "load_average_1min": v["load_average_1min"],
                 }),
             );
@@ -336,21 +341,28 @@ pub fn markdown(s: &Summary) -> String {
         let _ = writeln!(
             md,
             "\n## First audio, real voice\n\n\
-             | text | runs | straight to the worker p50 / p95 (ms) | through the orchestrator p50 / p95 (ms) |\n|---|---|---|---|"
+             Chunked decoding (the worker's default) beside `--decode-window whole`, taking turns in this run.\n\n\
+             | text | runs | chunked: straight to the worker p50 / p95 (ms) | chunked: through the orchestrator p50 / p95 (ms) | whole: straight p50 / p95 (ms) | whole: through the orchestrator p50 / p95 (ms) |\n|---|---|---|---|---|---|"
         );
         for (name, c) in [
             ("one sentence", &v.one_sentence),
+            ("long first sentence", &v.long_first_sentence),
             ("5,000 characters", &v.long_text),
         ] {
             let _ = writeln!(
                 md,
-                "| {name} ({} chars) | {} | {:.1} / {:.1} | {:.1} / {:.1} |",
+                "| {name} ({} chars, first sentence {}) | {} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} |",
                 c.chars,
+                c.first_sentence_chars,
                 c.runs,
                 c.direct_ms.p50,
                 c.direct_ms.p95,
                 c.orchestrator_ms.p50,
-                c.orchestrator_ms.p95
+                c.orchestrator_ms.p95,
+                c.whole_direct_ms.p50,
+                c.whole_direct_ms.p95,
+                c.whole_orchestrator_ms.p50,
+                c.whole_orchestrator_ms.p95
             );
         }
     }
@@ -382,12 +394,22 @@ pub fn markdown(s: &Summary) -> String {
         );
         for (key, v) in engines {
             if key.starts_with("piper") {
+                let ratio = |candle: &Value, ort: &Value| match (candle.as_f64(), ort.as_f64()) {
+                    (Some(c), Some(o)) if o > 0.0 => format!("{:.2}", c / o),
+                    _ => "-".to_string(),
+                };
                 let _ = writeln!(
                     md,
-                    "| Piper RTF, {} thread(s), mean / best | {} / {} | {} ({}) |",
+                    "| Piper RTF, {} thread(s), mean / best: whole sentence, chunked, onnxruntime (candle chunked / onnxruntime) | {} / {}, {} / {}, {} / {} ({} / {}) | {} ({}) |",
                     v["threads"],
                     f(&v["rtf_mean"], 3),
                     f(&v["rtf_best"], 3),
+                    f(&v["rtf_chunked_mean"], 3),
+                    f(&v["rtf_chunked_best"], 3),
+                    f(&v["rtf_onnxruntime_mean"], 3),
+                    f(&v["rtf_onnxruntime_best"], 3),
+                    ratio(&v["rtf_chunked_mean"], &v["rtf_onnxruntime_mean"]),
+                    ratio(&v["rtf_chunked_best"], &v["rtf_onnxruntime_best"]),
                     v["file"].as_str().unwrap_or("?"),
                     v["written_utc"].as_str().unwrap_or("?")
                 );

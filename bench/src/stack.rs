@@ -15,8 +15,12 @@ const START_TIMEOUT: Duration = Duration::from_secs(120);
 pub enum Engine {
     /// The tone engine, optionally paced at real time.
     Tone { realtime: bool },
-    /// The real Piper voice from this directory.
-    Piper { voice: PathBuf },
+    /// The real Piper voice from this directory, with the worker's
+    /// `--decode-window` when given.
+    Piper {
+        voice: PathBuf,
+        decode_window: Option<String>,
+    },
 }
 
 pub struct Stack {
@@ -79,13 +83,19 @@ pub async fn start(spec: &StackSpec, bins: &Bins, logs: &Path, tag: &str) -> Res
                     args.push("--realtime".into());
                 }
             }
-            Engine::Piper { voice } => {
+            Engine::Piper {
+                voice,
+                decode_window,
+            } => {
                 args.extend([
                     "--engine".into(),
                     "piper".into(),
                     "--voice".into(),
                     voice.display().to_string(),
                 ]);
+                if let Some(windows) = decode_window {
+                    args.extend(["--decode-window".into(), windows.clone()]);
+                }
             }
         }
         let name = format!("{tag}-tts-worker-{i}");

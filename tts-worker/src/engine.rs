@@ -2,8 +2,11 @@
 //! voices a worker can load.
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+pub use voxwire_piper::DecodeWindows;
 
 /// What a voice tells ListModels.
 #[derive(Debug, Clone)]
@@ -33,6 +36,19 @@ pub trait Voice: Send + Sync + 'static {
     fn info(&self) -> &VoiceInfo;
     /// Mono f32 audio in [-1, 1] for one sentence, at `info().sample_rate`.
     fn synthesize(&self, sentence: &str) -> Result<Vec<f32>, EngineError>;
+
+    /// [`Voice::synthesize`] in pieces: each piece goes to `emit` as soon as
+    /// it is ready, in order, so the first audio can leave before the
+    /// sentence is done. `emit` returning `Break` (nobody listens any more)
+    /// ends the work early. By default the sentence is one piece.
+    fn synthesize_streaming(
+        &self,
+        sentence: &str,
+        emit: &mut dyn FnMut(Vec<f32>) -> ControlFlow<()>,
+    ) -> Result<(), EngineError> {
+        let _ = emit(self.synthesize(sentence)?);
+        Ok(())
+    }
 }
 
 /// Where a voice in the catalogue comes from.
@@ -40,8 +56,12 @@ pub trait Voice: Send + Sync + 'static {
 pub enum VoiceSource {
     /// The deterministic test engine.
     Tone,
-    /// A Piper voice: the .onnx file (its .onnx.json beside it).
-    Piper(PathBuf),
+    /// A Piper voice: the .onnx file (its .onnx.json beside it), decoded in
+    /// these windows.
+    Piper {
+        path: PathBuf,
+        windows: DecodeWindows,
+    },
 }
 
 /// The voices this worker can load, by model id.
@@ -65,12 +85,12 @@ impl Catalogue {
 
     /// Every Piper voice (`*.onnx` with its `.onnx.json`) directly in `dir`,
     /// keyed by file stem.
-    pub fn add_piper_dir(&mut self, dir: &Path) -> std::io::Result<usize> {
+    pub fn add_piper_dir(&mut self, dir: &Path, windows: DecodeWindows) -> std::io::Result<usize> {
         let mut added = 0;
         for entry in std::fs::read_dir(dir)? {
             let path = entry?.path();
             if let Some(id) = piper_voice_id(&path) {
-                self.insert(id, VoiceSource::Piper(path));
+                self.insert(id, VoiceSource::Piper { path, windows });
                 added += 1;
             }
         }
@@ -94,6 +114,6 @@ pub fn piper_voice_id(path: &Path) -> Option<String> {
 pub fn load(model_id: &str, source: &VoiceSource) -> Result<Arc<dyn Voice>, EngineError> {
     match source {
         VoiceSource::Tone => Ok(Arc::new(crate::tone::ToneVoice::new(model_id))),
-        VoiceSource::Piper(path) => crate::piper::load(model_id, path),
+        VoiceSource::Piper { path, windows } => crate::piper::load(model_id, path, *windows),
     }
 }

@@ -13,7 +13,7 @@ use voxwire_proto::tts::tts_service_server::TtsServiceServer;
 use voxwire_service::tls::{ServerTlsArgs, TlsError};
 use voxwire_service::{Drain, Health, RunError, ServiceError};
 
-use crate::engine::{piper_voice_id, Catalogue, EngineError, VoiceSource};
+use crate::engine::{piper_voice_id, Catalogue, DecodeWindows, EngineError, VoiceSource};
 use crate::service::{TtsServiceImpl, TtsWorker, WorkerConfig};
 
 /// The voice used when neither --voice nor a catalogue preference says otherwise.
@@ -70,6 +70,11 @@ pub struct Args {
     /// Close sessions unused for this long, in seconds.
     #[arg(long, env = "VOXWIRE_SESSION_IDLE_SECONDS", default_value_t = 300)]
     pub session_idle_seconds: u64,
+    /// Piper decoder windows in latent frames (about 11.6 ms each), FIRST,MAX:
+    /// the first window of a sentence, doubling up to MAX; frames leave as
+    /// each window is decoded. `whole` decodes each sentence at once.
+    #[arg(long, env = "VOXWIRE_DECODE_WINDOW", default_value_t = DecodeWindows::DEFAULT)]
+    pub decode_window: DecodeWindows,
 }
 
 impl Args {
@@ -89,6 +94,7 @@ impl Args {
             max_message_bytes: voxwire_service::limits::DEFAULT_MAX_MESSAGE_BYTES,
             tls: ServerTlsArgs::default(),
             session_idle_seconds: 300,
+            decode_window: DecodeWindows::DEFAULT,
         }
     }
 }
@@ -125,16 +131,20 @@ pub fn catalogue(args: &Args) -> Result<(Catalogue, String), WorkerError> {
                     ))
                 }
             };
-            let default = add_piper_path(&mut catalogue, &path)?;
+            let default = add_piper_path(&mut catalogue, &path, args.decode_window)?;
             Ok((catalogue, default))
         }
     }
 }
 
-fn add_piper_path(catalogue: &mut Catalogue, path: &Path) -> Result<String, WorkerError> {
+fn add_piper_path(
+    catalogue: &mut Catalogue,
+    path: &Path,
+    windows: DecodeWindows,
+) -> Result<String, WorkerError> {
     if path.is_dir() {
         catalogue
-            .add_piper_dir(path)
+            .add_piper_dir(path, windows)
             .map_err(|e| WorkerError::Config(format!("cannot read {}: {e}", path.display())))?;
         return catalogue.ids().next().map(str::to_string).ok_or_else(|| {
             WorkerError::Config(format!(
@@ -149,7 +159,13 @@ fn add_piper_path(catalogue: &mut Catalogue, path: &Path) -> Result<String, Work
             path.display()
         ))
     })?;
-    catalogue.insert(id.clone(), VoiceSource::Piper(path.to_path_buf()));
+    catalogue.insert(
+        id.clone(),
+        VoiceSource::Piper {
+            path: path.to_path_buf(),
+            windows,
+        },
+    );
     Ok(id)
 }
 

@@ -1,6 +1,7 @@
 //! `tts.TTSService`: sessions, streaming synthesis, control, models and load.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -235,33 +236,38 @@ impl TtsWorker {
         self.rtf_bits.store(new.to_bits(), Ordering::Relaxed);
     }
 
-    /// Synthesizes one sentence off the runtime, at the wire rate, as 16-bit
-    /// samples. Waits for an inference slot first.
+    /// Starts synthesizing one sentence off the runtime, at the wire rate, as
+    /// 16-bit samples that arrive on the returned receiver piece by piece as
+    /// the engine produces them; it closes after the last piece, or after
+    /// the error. Dropping it stops the engine at its next piece. Waits for an
+    /// inference slot first.
     async fn synthesize_sentence(
-        &self,
+        self: &Arc<Self>,
         voice: Arc<dyn Voice>,
         sentence: String,
-    ) -> Result<Vec<i16>, EngineError> {
+    ) -> Result<SentenceAudio, EngineError> {
         let permit = {
             let _queued = Queued::enter(&self.queued);
             Arc::clone(&self.inference).acquire_owned().await
         };
         let permit = permit.map_err(|e| EngineError::Synthesis(e.to_string()))?;
-        let started = Instant::now();
-        let out_rate = FrameFormat::DEFAULT.sample_rate();
-        let (samples, audio_seconds) = tokio::task::spawn_blocking(move || {
+        // Unbounded on purpose: a paused or paced call must not hold its
+        // inference slot while its audio waits. What it can hold is one
+        // sentence's audio, as when sentences were synthesized whole.
+        let (tx, rx) = mpsc::unbounded_channel();
+        let worker = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            let rate = voice.info().sample_rate;
-            let audio = voice.synthesize(&sentence)?;
-            let seconds = audio.len() as f64 / f64::from(rate.max(1));
-            let audio = voxwire_dsp::resample(&audio, rate, out_rate)
-                .map_err(|e| EngineError::Synthesis(e.to_string()))?;
-            Ok::<_, EngineError>((voxwire_dsp::f32_to_i16(&audio), seconds))
-        })
-        .await
-        .map_err(|e| EngineError::Synthesis(e.to_string()))??;
-        self.record_rtf(started.elapsed(), audio_seconds);
-        Ok(samples)
+            let started = Instant::now();
+            let out_rate = FrameFormat::DEFAULT.sample_rate();
+            match stream_sentence(voice.as_ref(), &sentence, out_rate, &tx) {
+                Ok(audio_seconds) => worker.record_rtf(started.elapsed(), audio_seconds),
+                Err(error) => {
+                    let _ = tx.send(Err(error));
+                }
+            }
+        });
+        Ok(rx)
     }
 
     fn refuse_unless_serving(&self) -> Result<InFlight, Status> {
@@ -338,6 +344,49 @@ impl TtsWorker {
             ),
         ])
     }
+}
+
+/// Pieces of one sentence's audio at the wire rate, in order.
+type SentenceAudio = mpsc::UnboundedReceiver<Result<Vec<i16>, EngineError>>;
+
+/// Runs the voice on one sentence, resampling each piece to `out_rate` and
+/// sending it on as 16-bit samples; stops early once nobody receives.
+/// Returns the seconds of audio the voice produced.
+fn stream_sentence(
+    voice: &dyn Voice,
+    sentence: &str,
+    out_rate: u32,
+    out: &mpsc::UnboundedSender<Result<Vec<i16>, EngineError>>,
+) -> Result<f64, EngineError> {
+    let resampling = |e: voxwire_dsp::DspError| EngineError::Synthesis(e.to_string());
+    let rate = voice.info().sample_rate;
+    let mut resampler = voxwire_dsp::StreamResampler::new(rate, out_rate).map_err(resampling)?;
+    let mut produced = 0usize;
+    let mut failed = None;
+    voice.synthesize_streaming(sentence, &mut |audio| {
+        produced += audio.len();
+        match resampler.push(&audio) {
+            Ok(wire) if wire.is_empty() => ControlFlow::Continue(()),
+            Ok(wire) => match out.send(Ok(voxwire_dsp::f32_to_i16(&wire))) {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(_) => ControlFlow::Break(()),
+            },
+            Err(e) => {
+                failed = Some(e);
+                ControlFlow::Break(())
+            }
+        }
+    })?;
+    if let Some(e) = failed {
+        return Err(resampling(e));
+    }
+    if !out.is_closed() {
+        let tail = resampler.finish().map_err(resampling)?;
+        if !tail.is_empty() {
+            let _ = out.send(Ok(voxwire_dsp::f32_to_i16(&tail)));
+        }
+    }
+    Ok(produced as f64 / f64::from(rate.max(1)))
 }
 
 fn now_ms() -> i64 {
@@ -752,29 +801,45 @@ impl Call {
                 }
             };
             let voice = self.session.voice();
-            let samples = tokio::select! {
+            let audio = tokio::select! {
                 biased;
                 _ = stops.changed() => return Some(Halt::Stopped),
                 () = self.out.closed() => return Some(Halt::Gone),
-                samples = self.worker.synthesize_sentence(voice, sentence) => samples,
+                audio = self.worker.synthesize_sentence(voice, sentence) => audio,
             };
-            let samples = match samples {
-                Ok(samples) => samples,
-                Err(error) => {
-                    tracing::error!(session = %self.session_id, %error, "synthesis failed");
-                    let _ = self
-                        .out
-                        .send(Err(Status::internal(error.to_string())))
-                        .await;
-                    return Some(Halt::Gone);
-                }
+            let mut audio = match audio {
+                Ok(audio) => audio,
+                Err(error) => return Some(self.synthesis_failed(error).await),
             };
-            for frame in framer.push(&samples) {
-                if let Err(halt) = sender.send(frame, stops).await {
-                    return Some(halt);
+            // Frames leave as each piece of the sentence is ready.
+            loop {
+                let piece = tokio::select! {
+                    biased;
+                    _ = stops.changed() => return Some(Halt::Stopped),
+                    () = self.out.closed() => return Some(Halt::Gone),
+                    piece = audio.recv() => piece,
+                };
+                let samples = match piece {
+                    None => break,
+                    Some(Ok(samples)) => samples,
+                    Some(Err(error)) => return Some(self.synthesis_failed(error).await),
+                };
+                for frame in framer.push(&samples) {
+                    if let Err(halt) = sender.send(frame, stops).await {
+                        return Some(halt);
+                    }
                 }
             }
         }
+    }
+
+    async fn synthesis_failed(&self, error: EngineError) -> Halt {
+        tracing::error!(session = %self.session_id, %error, "synthesis failed");
+        let _ = self
+            .out
+            .send(Err(Status::internal(error.to_string())))
+            .await;
+        Halt::Gone
     }
 }
 

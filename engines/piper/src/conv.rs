@@ -77,6 +77,12 @@ impl FusedConv1d {
         self
     }
 
+    /// Input steps on either side that one output step reads.
+    pub fn reach(&self) -> usize {
+        let span = self.dilation * (self.k - 1);
+        self.padding.max(span.saturating_sub(self.padding))
+    }
+
     /// Fills `col` (`[c_in * k, n]`) with the activated, zero-padded input
     /// windows for output steps `t0 .. t0 + n`.
     fn im2col(&self, x: &[f32], t: usize, t0: usize, n: usize, col: &mut [f32]) {
@@ -245,6 +251,14 @@ impl FusedConvTranspose1d {
             stride,
             padding,
         })
+    }
+
+    /// Input steps on either side of `output / stride` that one output step
+    /// reads (rounded up).
+    pub fn reach(&self) -> usize {
+        let span = self.k - 1;
+        let side = self.padding.max(span.saturating_sub(self.padding));
+        side.div_ceil(self.stride) + 1
     }
 }
 

@@ -5,6 +5,8 @@
 //! come from the weight shapes and the convolution attributes of the exported
 //! graph, so every Piper quality level loads through the same code.
 
+use std::ops::Range;
+
 use candle_core::{DType, Device, Module, Tensor};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -99,6 +101,15 @@ impl Conv1d {
 
     fn in_channels(&self) -> Result<usize> {
         Ok(self.weight.dim(1)? * self.attrs.groups)
+    }
+
+    /// Input steps on either side that one output step reads.
+    fn reach(&self) -> Result<usize> {
+        let span = self.attrs.dilation * (self.weight.dim(2)? - 1);
+        Ok(self
+            .attrs
+            .padding
+            .max(span.saturating_sub(self.attrs.padding)))
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -302,9 +313,36 @@ impl RelAttention {
 struct Ffn {
     conv_1: Conv1d,
     conv_2: Conv1d,
+    /// Both convs as fused ops with their "same" padding (the ReLU folded
+    /// into the second), for odd kernels, where that padding is symmetric.
+    fused: Option<(FusedConv1d, FusedConv1d)>,
 }
 
 impl Ffn {
+    fn load(w: &OnnxWeights, module: &str) -> Result<Self> {
+        let conv_1 = Conv1d::load(w, &format!("{module}.conv_1"))?;
+        let conv_2 = Conv1d::load(w, &format!("{module}.conv_2"))?;
+        let same = |c: &Conv1d| -> Result<Option<FusedConv1d>> {
+            let k = c.weight.dim(2)?;
+            let plain = c.attrs.groups == 1
+                && c.attrs.stride == 1
+                && c.attrs.dilation == 1
+                && c.attrs.padding == 0;
+            Ok((plain && k % 2 == 1)
+                .then(|| FusedConv1d::new(&c.weight, c.bias.as_ref(), 1, (k - 1) / 2))
+                .transpose()?)
+        };
+        let fused = match (same(&conv_1)?, same(&conv_2)?) {
+            (Some(a), Some(b)) => Some((a, b.with_input_leaky_relu(0.0))),
+            _ => None,
+        };
+        Ok(Self {
+            conv_1,
+            conv_2,
+            fused,
+        })
+    }
+
     fn conv_same(conv: &Conv1d, x: &Tensor) -> Result<Tensor> {
         // VITS pads the FFN convs itself ("same" padding, extra on the right
         // for even kernels) and exports them with explicit Pad nodes.
@@ -318,6 +356,10 @@ impl Ffn {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some((c1, c2)) = &self.fused {
+            let h = x.contiguous()?.apply_op1_no_bwd(c1)?;
+            return Ok(h.apply_op1_no_bwd(c2)?);
+        }
         let h = Self::conv_same(&self.conv_1, x)?.relu()?;
         Self::conv_same(&self.conv_2, &h)
     }
@@ -347,10 +389,7 @@ impl TextEncoder {
             let p = "enc_p.encoder";
             attn.push(RelAttention::load(w, &format!("{p}.attn_layers.{i}"))?);
             norm_1.push(ChannelNorm::load(w, &format!("{p}.norm_layers_1.{i}"))?);
-            ffn.push(Ffn {
-                conv_1: Conv1d::load(w, &format!("{p}.ffn_layers.{i}.conv_1"))?,
-                conv_2: Conv1d::load(w, &format!("{p}.ffn_layers.{i}.conv_2"))?,
-            });
+            ffn.push(Ffn::load(w, &format!("{p}.ffn_layers.{i}"))?);
             norm_2.push(ChannelNorm::load(w, &format!("{p}.norm_layers_2.{i}"))?);
             i += 1;
         }
@@ -680,6 +719,15 @@ impl CouplingLayer {
         })
     }
 
+    /// Frames on either side of an output frame that can influence it.
+    fn reach(&self) -> Result<usize> {
+        let mut frames = self.pre.reach()? + self.post.reach()?;
+        for (input, res_skip) in self.enc.in_layers.iter().zip(&self.enc.res_skip) {
+            frames += input.reach()? + res_skip.reach()?;
+        }
+        Ok(frames)
+    }
+
     fn reverse(&self, x: &Tensor, speaker: Option<&Tensor>) -> Result<Tensor> {
         let x0 = x.narrow(1, 0, self.half)?;
         let x1 = x.narrow(1, self.half, self.half)?;
@@ -736,6 +784,14 @@ impl ResBlock {
                 )));
             }
             Ok(Self::Two(convs))
+        }
+    }
+
+    /// Input steps on either side that one output step depends on.
+    fn reach(&self) -> usize {
+        match self {
+            Self::One(pairs) => pairs.iter().map(|(c1, c2)| c1.reach() + c2.reach()).sum(),
+            Self::Two(convs) => convs.iter().map(FusedConv1d::reach).sum(),
         }
     }
 
@@ -834,6 +890,28 @@ impl Decoder {
         self.ups.iter().map(|u| u.stride).product()
     }
 
+    /// Latent frames on either side of an output sample that can influence
+    /// it: the decoder's receptive field, rounded up to whole frames.
+    fn receptive_field_frames(&self) -> Result<usize> {
+        let hop = self.hop_length();
+        let per_stage = self.resblocks.len() / self.ups.len();
+        // Output samples per step at the rate of the layer at hand.
+        let mut step = hop;
+        let mut samples = self.conv_pre.reach()? * step;
+        for (i, up) in self.ups.iter().enumerate() {
+            samples += up.op.reach() * step;
+            step /= up.stride;
+            let widest = self.resblocks[i * per_stage..(i + 1) * per_stage]
+                .iter()
+                .map(ResBlock::reach)
+                .max()
+                .unwrap_or(0);
+            samples += widest * step;
+        }
+        samples += self.conv_post.reach()?;
+        Ok(samples.div_ceil(hop))
+    }
+
     fn forward(&self, z: &Tensor, speaker: Option<&Tensor>) -> Result<Tensor> {
         let per_stage = self.resblocks.len() / self.ups.len();
         let mut x = self.conv_pre.forward(z)?;
@@ -869,6 +947,8 @@ pub struct Vits {
     dp: DurationPredictor,
     /// Coupling layers in forward order; each is followed by a channel flip.
     flows: Vec<CouplingLayer>,
+    /// The flow's receptive field in frames (its layers' reaches added up).
+    flow_context: usize,
     dec: Decoder,
     device: Device,
 }
@@ -890,11 +970,16 @@ impl Vits {
         if flows.is_empty() {
             return Err(PiperError::MissingWeight("flow.flows.0.pre.weight".into()));
         }
+        let flow_context = flows
+            .iter()
+            .map(CouplingLayer::reach)
+            .sum::<Result<usize>>()?;
         Ok(Self {
             enc_p: TextEncoder::load(w)?,
             emb_g,
             dp: DurationPredictor::load(w)?,
             flows,
+            flow_context,
             dec: Decoder::load(w)?,
             device: device.clone(),
         })
@@ -912,7 +997,17 @@ impl Vits {
         })
     }
 
-    pub fn synthesize(
+    /// The decoder's receptive field in latent frames (see
+    /// [`Vits::decode_frames`]).
+    pub fn receptive_field_frames(&self) -> Result<usize> {
+        self.dec.receptive_field_frames()
+    }
+
+    /// Text encoder, durations and noise for one sentence: the latent the
+    /// flow and decoder turn into audio, as far as [`Vits::decode_frames`]
+    /// asks. Every random draw happens here, so decoding the latent in
+    /// pieces changes nothing but the arithmetic.
+    pub fn latent(
         &self,
         ids: &[i64],
         speaker_id: i64,
@@ -920,7 +1015,7 @@ impl Vits {
         length_scale: f32,
         noise_w: f32,
         seed: u64,
-    ) -> Result<Vec<f32>> {
+    ) -> Result<Latent> {
         let vocab = self.enc_p.emb.embeddings().dim(0)?;
         let ids_u32 = ids
             .iter()
@@ -992,16 +1087,128 @@ impl Vits {
             m
         };
 
-        let mut z = z_p;
+        Ok(Latent {
+            z_p,
+            z: None,
+            frames: n_frames,
+            speaker,
+        })
+    }
+
+    /// Runs the reverse flow until `latent.z` covers frames `..end`. The
+    /// flow is convolutional, so each new stretch is computed from the prior
+    /// widened by the flow's receptive field and equals the whole-sentence
+    /// result; the first window need not wait for the sentence's flow.
+    fn flow_through(&self, latent: &mut Latent, end: usize) -> Result<()> {
+        let done = latent.flowed();
+        if end <= done {
+            return Ok(());
+        }
+        let n = latent.frames;
+        // Each stretch pays the context on both sides, so run to at least
+        // four times what is done: few stretches, the first still short, and
+        // each cheap beside the audio already decoded ahead of it.
+        let end = end.max(4 * done).min(n);
+        let lo = done.saturating_sub(self.flow_context);
+        let hi = (end + self.flow_context).min(n);
+        let mut z = if lo == 0 && hi == n {
+            latent.z_p.clone()
+        } else {
+            latent.z_p.narrow(2, lo, hi - lo)?.contiguous()?
+        };
+        let g = latent.speaker.as_ref();
         for flow in self.flows.iter().rev() {
             z = z.flip(&[1])?;
             z = flow.reverse(&z, g)?;
         }
-        let audio = self.dec.forward(&z, g)?;
+        let piece = if lo == done && hi == end {
+            z
+        } else {
+            z.narrow(2, done - lo, end - done)?
+        };
+        latent.z = Some(match latent.z.take() {
+            None => piece.contiguous()?,
+            Some(before) => Tensor::cat(&[&before, &piece], 2)?,
+        });
+        Ok(())
+    }
+
+    /// Audio for latent frames `frames` (each `hop_length` samples), decoded
+    /// from that range widened by `context` frames on each side (less at the
+    /// sentence's edges) and cut back to the range. With `context` at least
+    /// [`Vits::receptive_field_frames`] the samples equal those of decoding
+    /// the whole latent, up to float rounding; less context trades accuracy
+    /// at the cut for less work.
+    pub fn decode_frames(
+        &self,
+        latent: &mut Latent,
+        frames: Range<usize>,
+        context: usize,
+    ) -> Result<Vec<f32>> {
+        let n = latent.frames;
+        if frames.start >= frames.end || frames.end > n {
+            return Err(PiperError::Format(format!(
+                "decode window {frames:?} outside a latent of {n} frames"
+            )));
+        }
+        let lo = frames.start.saturating_sub(context);
+        let hi = (frames.end + context).min(n);
+        self.flow_through(latent, hi)?;
+        let z = latent
+            .z
+            .as_ref()
+            .ok_or_else(|| PiperError::Format("the flow produced nothing".into()))?;
+        let z = if lo == 0 && hi == z.dim(2)? {
+            z.clone()
+        } else {
+            z.narrow(2, lo, hi - lo)?
+        };
+        let audio = self.dec.forward(&z, latent.speaker.as_ref())?;
+        let hop = self.hop_length();
         Ok(audio
             .flatten_all()?
+            .narrow(0, (frames.start - lo) * hop, frames.len() * hop)?
             .to_dtype(DType::F32)?
             .to_vec1::<f32>()?)
+    }
+
+    pub fn synthesize(
+        &self,
+        ids: &[i64],
+        speaker_id: i64,
+        noise_scale: f32,
+        length_scale: f32,
+        noise_w: f32,
+        seed: u64,
+    ) -> Result<Vec<f32>> {
+        let mut latent = self.latent(ids, speaker_id, noise_scale, length_scale, noise_w, seed)?;
+        let frames = latent.frames;
+        self.decode_frames(&mut latent, 0..frames, 0)
+    }
+}
+
+/// One sentence's latent and its speaker conditioning.
+#[derive(Debug, Clone)]
+pub struct Latent {
+    /// The prior sample `[1, C, frames]`, before the flow.
+    z_p: Tensor,
+    /// The flow's output for the first frames, as far as decoding needed.
+    z: Option<Tensor>,
+    frames: usize,
+    speaker: Option<Tensor>,
+}
+
+impl Latent {
+    /// Latent frames; the audio is `frames * hop_length` samples.
+    pub fn frames(&self) -> usize {
+        self.frames
+    }
+
+    /// Frames the flow has run over so far.
+    fn flowed(&self) -> usize {
+        self.z
+            .as_ref()
+            .map_or(0, |z| z.dims().get(2).copied().unwrap_or(0))
     }
 }
 

@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use voxwire_piper::{PiperVoice, Scales};
+use std::ops::ControlFlow;
+
+use voxwire_piper::{DecodeWindows, PiperVoice, Scales};
 
 #[derive(Deserialize)]
 struct Case {
@@ -70,6 +72,168 @@ fn reproduces_reference_waveforms() {
             .fold(0f32, f32::max);
         eprintln!("{}: max abs error {max_err:.2e}", case.name);
         assert!(max_err <= 1e-3, "{}: max abs error {max_err}", case.name);
+    }
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
+
+fn chunked(voice: &PiperVoice, ids: &[i64], scales: Scales, windows: DecodeWindows) -> Vec<f32> {
+    let mut audio = Vec::new();
+    for chunk in voice
+        .synthesize_ids_chunked(ids, scales, 3, windows)
+        .expect("latent")
+    {
+        audio.extend(chunk.expect("window"));
+    }
+    audio
+}
+
+#[test]
+fn chunked_decoding_matches_whole_sentence_decoding() {
+    let Some(f) = fixture() else { return };
+    let plans = [
+        DecodeWindows::DEFAULT,
+        DecodeWindows::Chunked { first: 16, max: 32 },
+        DecodeWindows::Chunked { first: 5, max: 5 },
+    ];
+    for case in &f.cases {
+        let expected = read_f32le(&f.dir.join("reference").join(&case.waveform));
+        let mut joined = Vec::new();
+        for s in &case.sentences {
+            let whole = f
+                .voice
+                .synthesize_ids(&s.ids, Scales::DETERMINISTIC, 3)
+                .expect("synthesize");
+            for windows in plans {
+                let audio = chunked(&f.voice, &s.ids, Scales::DETERMINISTIC, windows);
+                assert_eq!(audio.len(), whole.len(), "{} {windows}", case.name);
+                let err = max_abs_diff(&audio, &whole);
+                eprintln!("{} {windows}: chunked vs whole {err:.2e}", case.name);
+                assert!(err <= 1e-3, "{} {windows}: {err}", case.name);
+            }
+            joined.extend(chunked(
+                &f.voice,
+                &s.ids,
+                Scales::DETERMINISTIC,
+                DecodeWindows::DEFAULT,
+            ));
+        }
+        let err = max_abs_diff(&joined, &expected);
+        assert_eq!(joined.len(), expected.len(), "{}", case.name);
+        assert!(err <= 1e-3, "{}: chunked vs reference {err}", case.name);
+    }
+    // The random draws all happen before the decoder, so noisy scales give
+    // the same audio chunked or whole for the same seed.
+    let ids = &f.cases[0].sentences[0].ids;
+    let scales = Scales::PIPER_DEFAULT;
+    let whole = f.voice.synthesize_ids(ids, scales, 3).expect("synthesize");
+    let audio = chunked(
+        &f.voice,
+        ids,
+        scales,
+        DecodeWindows::Chunked { first: 8, max: 8 },
+    );
+    assert_eq!(audio.len(), whole.len());
+    assert!(max_abs_diff(&audio, &whole) <= 1e-3);
+}
+
+#[test]
+fn first_window_of_a_long_sentence_is_ready_before_the_rest_is_decoded() {
+    let Some(f) = fixture() else { return };
+    let case = f
+        .cases
+        .iter()
+        .max_by_key(|c| c.sentences[0].ids.len())
+        .expect("cases");
+    let ids = &case.sentences[0].ids;
+    let DecodeWindows::Chunked { first, .. } = DecodeWindows::DEFAULT else {
+        panic!("the default decodes in windows");
+    };
+    let mut chunks = f
+        .voice
+        .synthesize_ids_chunked(ids, Scales::DETERMINISTIC, 0, DecodeWindows::DEFAULT)
+        .expect("latent");
+    let planned = chunks.windows_left();
+    assert!(planned >= 3, "{}: {planned} windows", case.name);
+    let head = chunks.next().expect("a window").expect("decoded");
+    // The first window's audio is out while every later window is still
+    // undecoded: first audio does not wait for the sentence.
+    assert_eq!(head.len(), first * f.voice.hop_length());
+    assert_eq!(chunks.windows_left(), planned - 1);
+    let whole = f
+        .voice
+        .synthesize_ids(ids, Scales::DETERMINISTIC, 0)
+        .expect("synthesize");
+    assert!(
+        head.len() * 4 < whole.len(),
+        "{} samples of {}",
+        head.len(),
+        whole.len()
+    );
+    assert!(max_abs_diff(&head, &whole[..head.len()]) <= 1e-3);
+
+    // Through the text API: stopping after the first window stops there.
+    let mut emitted = Vec::new();
+    let flow = f
+        .voice
+        .synthesize_sentence_chunked(
+            &case.text,
+            Scales::DETERMINISTIC,
+            0,
+            DecodeWindows::DEFAULT,
+            |chunk| {
+                emitted.push(chunk.len());
+                ControlFlow::Break(())
+            },
+        )
+        .expect("synthesize");
+    assert_eq!(flow, ControlFlow::Break(()));
+    assert_eq!(emitted, vec![first * f.voice.hop_length()]);
+}
+
+/// Prints, per decode context, the largest difference between chunked and
+/// whole decoding over all reference cases (run with --ignored --nocapture).
+#[test]
+#[ignore = "measurement, not a check"]
+fn decode_context_sweep() {
+    let Some(f) = fixture() else { return };
+    let rf = f.voice.receptive_field_frames();
+    eprintln!("receptive field {rf} frames");
+    let wholes: Vec<(Vec<i64>, Vec<f32>)> = f
+        .cases
+        .iter()
+        .flat_map(|c| c.sentences.iter())
+        .map(|s| {
+            let w = f
+                .voice
+                .synthesize_ids(&s.ids, Scales::DETERMINISTIC, 0)
+                .expect("synthesize");
+            (s.ids.clone(), w)
+        })
+        .collect();
+    let mut voice = f.voice;
+    for context in 0..=rf {
+        voice = voice.with_decode_context(context);
+        let worst = wholes
+            .iter()
+            .map(|(ids, whole)| {
+                max_abs_diff(
+                    &chunked(
+                        &voice,
+                        ids,
+                        Scales::DETERMINISTIC,
+                        DecodeWindows::Chunked { first: 16, max: 32 },
+                    ),
+                    whole,
+                )
+            })
+            .fold(0f32, f32::max);
+        eprintln!("context {context}: max |chunked - whole| {worst:.3e}");
     }
 }
 
