@@ -107,6 +107,10 @@ pub struct Args {
     /// Longest gap between two frames of a turn, in milliseconds.
     #[arg(long, env = "VOXWIRE_FRAME_TIMEOUT_MS", default_value_t = 5_000)]
     pub frame_timeout_ms: u64,
+    /// End a TTS turn whose client takes no audio for this long (it fell
+    /// that far behind real time), in seconds; the worker is not blamed.
+    #[arg(long, env = "VOXWIRE_CLIENT_LAG_SECONDS", default_value_t = 10)]
+    pub client_lag_seconds: u64,
     /// Deadline of a whole streaming call (Synthesize / Recognize), in seconds.
     #[arg(long, env = "VOXWIRE_STREAM_TIMEOUT_SECONDS", default_value_t = 600)]
     pub stream_timeout_seconds: u64,
@@ -235,6 +239,7 @@ impl Args {
             first_frame_timeout_ms: 5_000,
             frame_timeout_ms: 3_000,
             stream_timeout_seconds: 60,
+            client_lag_seconds: 10,
             load_poll_ms: 100,
             default_worker_capacity: 64,
             registry_token: None,
@@ -365,6 +370,8 @@ pub struct DispatchSettings {
     pub first_frame_timeout: Duration,
     pub frame_timeout: Duration,
     pub stream_timeout: Duration,
+    /// See `--client-lag-seconds`.
+    pub client_lag: Duration,
 }
 
 /// The OpenAI-compatible audio API (`crate::openai`).
@@ -500,6 +507,10 @@ impl Settings {
                 )?,
                 frame_timeout: positive(args.frame_timeout_ms, "--frame-timeout-ms")?,
                 stream_timeout: Duration::from_secs(args.stream_timeout_seconds.max(1)),
+                client_lag: positive(
+                    args.client_lag_seconds.saturating_mul(1_000),
+                    "--client-lag-seconds",
+                )?,
             },
             registry: RegistrySettings {
                 token: registry_token,

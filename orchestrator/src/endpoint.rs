@@ -137,6 +137,13 @@ impl Inner {
     }
 }
 
+/// HTTP/2 receive window of one worker stream, in bytes (the h2 default):
+/// about 1.5 s of 22,050 Hz audio, what a stalled turn can leave unread.
+pub const STREAM_WINDOW: u32 = 65_535;
+/// Streams that may sit full at once without slowing the others of their
+/// connection: above any worker's --max-sessions default.
+pub const CONNECTION_STREAMS: u32 = 256;
+
 /// Shared by the pool (selection), dispatch (the channel) and the monitor task.
 #[derive(Debug)]
 pub struct Endpoint {
@@ -398,6 +405,14 @@ impl Endpoint {
         }
         endpoint
             .connect_timeout(settings.connect_timeout)
+            // Turns share one HTTP/2 connection per worker. Frames a slow
+            // client has not taken yet hold their stream's window and also
+            // the connection's; with the defaults (64 KiB each) one unread
+            // stream starved every other turn on that worker. A connection
+            // window of STREAM_WINDOW x CONNECTION_STREAMS lets that many
+            // streams sit full and the rest still flow.
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(STREAM_WINDOW * CONNECTION_STREAMS)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5))

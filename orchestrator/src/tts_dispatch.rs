@@ -126,6 +126,8 @@ impl<'a> TextFeed<'a> {
 struct AttemptError {
     status: Status,
     forwarded: u64,
+    /// The client's doing (it stopped reading): no blame, no retry.
+    client: bool,
 }
 
 impl From<Status> for AttemptError {
@@ -133,6 +135,7 @@ impl From<Status> for AttemptError {
         AttemptError {
             status: lost_worker_as_unavailable(status),
             forwarded: 0,
+            client: false,
         }
     }
 }
@@ -212,7 +215,7 @@ impl TtsDispatcher {
                         frames,
                     })
                 }
-                Err(error) if feed.client_failed => {
+                Err(error) if feed.client_failed || error.client => {
                     // The client broke or abandoned its input: never the
                     // worker's fault, and nothing to retry.
                     break Err(error.status);
@@ -436,6 +439,7 @@ impl TtsDispatcher {
             let fail = |status: Status| AttemptError {
                 status: lost_worker_as_unavailable(status),
                 forwarded,
+                client: false,
             };
             // Frame deadlines run once the input is complete: until then the
             // worker may rightly be waiting for more text.
@@ -497,8 +501,23 @@ impl TtsDispatcher {
                 last_audio = Some(now);
             }
             let is_final = kind.is_final();
-            if out.send(frame).await.is_err() {
-                return Err(fail(Status::cancelled("the client went away")));
+            // A client that takes nothing for --client-lag-seconds has fallen
+            // that far behind real time (a player takes a frame per frame
+            // duration): its turn ends, and the worker is not blamed.
+            match tokio::time::timeout(self.settings.client_lag, out.send(frame)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(fail(Status::cancelled("the client went away"))),
+                Err(_) => {
+                    return Err(AttemptError {
+                        status: Status::deadline_exceeded(format!(
+                            "the client read no audio for {} s (--client-lag-seconds): the turn \
+                             is ended (worker {address} is fine)",
+                            self.settings.client_lag.as_secs()
+                        )),
+                        forwarded,
+                        client: true,
+                    })
+                }
             }
             forwarded += 1;
             if is_final {

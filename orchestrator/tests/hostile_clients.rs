@@ -440,3 +440,93 @@ async fn a_converse_request_that_does_not_decode_gets_a_turn_error_and_invalid_a
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert!(status.message().contains("does not decode"), "{status:?}");
 }
+
+/// A client with its own connection to the orchestrator (streams of one
+/// connection share its window on the client's side too).
+async fn own_connection(
+    orch: &Orchestrator,
+) -> voxwire_proto::voxwire::v1::voxwire_client::VoxwireClient<tonic::transport::Channel> {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", orch.running.addr))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    voxwire_proto::voxwire::v1::voxwire_client::VoxwireClient::new(channel)
+}
+
+/// `stalled` clients each start a long Speak, read one frame and stop
+/// reading; then an unrelated client speaks. Returns how long that took.
+async fn speak_beside_stalled_readers(orch: &Orchestrator, stalled: usize) -> std::time::Duration {
+    let long = "This sentence goes on for quite a while, and then some more. ".repeat(300);
+    let mut held = Vec::new();
+    for i in 0..stalled {
+        let mut client = own_connection(orch).await;
+        let mut frames = client
+            .speak(voxwire_proto::voxwire::v1::SpeakRequest {
+                session_id: format!("stalled-{i}"),
+                text: long.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("speak")
+            .into_inner();
+        tokio::time::timeout(WAIT, tokio_stream::StreamExt::next(&mut frames))
+            .await
+            .unwrap_or_else(|_| panic!("stalled reader {i} got no first frame"))
+            .expect("a frame")
+            .expect("ok frame");
+        // Held, never read again.
+        held.push((client, frames));
+    }
+    let mut unrelated = own_connection(orch).await;
+    let started = std::time::Instant::now();
+    let spoken = tokio::time::timeout(WAIT, speak(&mut unrelated, "unrelated", "Hello there."))
+        .await
+        .expect("the unrelated Speak finishes");
+    assert!(spoken.error.is_none(), "{:?}", spoken.error);
+    let took = started.elapsed();
+    // Still held, never read: the orchestrator ends those turns itself
+    // (--client-lag-seconds), returning the worker's capacity.
+    let pool = std::sync::Arc::clone(orch.tts_pool());
+    eventually("the stalled turns ended by the lag bound", || {
+        pool.snapshot().iter().all(|e| e.in_flight == 0)
+    })
+    .await;
+    drop(held);
+    took
+}
+
+/// Regression (issue 22, High 2): 5 Speak streams whose clients stopped
+/// reading stalled an unrelated client's Speak for 30 s, and with 15-50 the
+/// orchestrator blamed the healthy worker (UNRESPONSIVE) and everyone got
+/// UNAVAILABLE: unread streams ate the shared HTTP/2 connection window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_and_fifty_stalled_readers_do_not_delay_an_unrelated_speak() {
+    let worker = tone_worker(WorkerArgs {
+        max_sessions: 128,
+        ..WorkerArgs::tone_for_tests()
+    })
+    .await;
+    // The lag bound ends the stalled turns after 5 s; the unrelated Speak
+    // must not wait for that.
+    let orch = orchestrator(Args {
+        client_lag_seconds: 5,
+        ..tts_args(&[worker.address()])
+    })
+    .await;
+    orch.wait_ready().await;
+    let alone = speak_beside_stalled_readers(&orch, 0).await;
+    for stalled in [5, 50] {
+        let took = speak_beside_stalled_readers(&orch, stalled).await;
+        println!("unrelated Speak: {alone:?} alone, {took:?} beside {stalled} stalled readers");
+        assert!(
+            took < std::time::Duration::from_secs(2) + alone * 4,
+            "{took:?} beside {stalled} stalled readers ({alone:?} alone)"
+        );
+        let state = state_of(&orch.tts_pool().snapshot(), &worker.address());
+        assert_eq!(
+            state,
+            Some(voxwire_orchestrator::endpoint::EndpointState::Serving)
+        );
+    }
+}
