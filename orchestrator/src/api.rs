@@ -113,6 +113,7 @@ pub fn recognize_stream(
     let (tx, rx) = mpsc::channel(32);
     let span =
         tracing::info_span!("session", session = %config.session_id, trace_id = %trace.trace_id);
+    trace.adopt(&span);
     tokio::spawn(
         async move {
             let _admitted = admitted;
