@@ -119,6 +119,7 @@ pub fn recognize_stream(
     let idle = app.settings.stream_idle;
     let span =
         tracing::info_span!("session", session = %config.session_id, trace_id = %trace.trace_id);
+    trace.adopt(&span);
     tokio::spawn(
         async move {
             let _admitted = admitted;

@@ -98,6 +98,7 @@ impl Orchestrator {
         session.touch();
         session.transition(SessionState::Speaking);
         let session_span = tracing::info_span!("session", session = %session.id);
+        trace.adopt(&session_span);
         let span = tracing::info_span!(parent: &session_span, "turn", trace_id = %trace.trace_id);
         let result = self
             .tts

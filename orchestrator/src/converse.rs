@@ -126,6 +126,7 @@ where
     session.pin();
     let (tx, rx) = mpsc::channel(64);
     let span = tracing::info_span!("session", session = %id, trace_id = %trace.trace_id);
+    trace.adopt(&span);
     tokio::spawn(run(app, session, config, input, trace, tx, admitted).instrument(span));
     Ok(Opened {
         session_id: id,

@@ -1,11 +1,22 @@
 //! W3C trace context: each dispatch attempt carries a `traceparent` header
-//! to its worker, continuing the client's trace when it sent one.
+//! to its worker, continuing the client's trace when it sent one (gRPC
+//! metadata or, on the HTTP API, the header of the same name). With OTLP
+//! export on, the orchestrator's root spans are children of the client's
+//! span ([`TraceContext::adopt`]) and the header a worker gets names the
+//! exported span that made the call, so one trace runs client ->
+//! orchestrator -> worker.
 
+use opentelemetry::trace::{
+    SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+};
 use tonic::metadata::{MetadataMap, MetadataValue};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TraceContext {
     pub trace_id: String,
+    /// The client's span, when it sent a traceparent.
+    parent_span_id: Option<String>,
     flags: String,
 }
 
@@ -28,6 +39,7 @@ impl TraceContext {
     pub fn new_root() -> TraceContext {
         TraceContext {
             trace_id: random_hex(16),
+            parent_span_id: None,
             flags: "01".to_string(),
         }
     }
@@ -45,12 +57,43 @@ impl TraceContext {
             && trace_id.bytes().any(|b| b != b'0');
         valid.then(|| TraceContext {
             trace_id: trace_id.to_ascii_lowercase(),
+            parent_span_id: Some(span_id.to_ascii_lowercase()),
             flags: flags.to_ascii_lowercase(),
         })
     }
 
-    /// A `traceparent` for one outgoing call: same trace, a new span id.
+    /// Parents `span` (a root span of a turn or stream) on the client's span
+    /// in exported traces. Without a client traceparent, or without OTLP
+    /// export, nothing changes.
+    pub fn adopt(&self, span: &tracing::Span) {
+        let Some(parent) = &self.parent_span_id else {
+            return;
+        };
+        let (Ok(trace_id), Ok(span_id)) =
+            (TraceId::from_hex(&self.trace_id), SpanId::from_hex(parent))
+        else {
+            return;
+        };
+        let flags =
+            u8::from_str_radix(&self.flags, 16).map_or(TraceFlags::SAMPLED, TraceFlags::new);
+        let remote = SpanContext::new(trace_id, span_id, flags, true, TraceState::default());
+        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
+    }
+
+    /// A `traceparent` for one outgoing call: the exported span making it
+    /// (the current one) as parent when OTLP export is on; otherwise the same
+    /// trace with a new span id.
     pub fn child_header(&self) -> String {
+        let current = tracing::Span::current().context();
+        let exported = current.span().span_context().clone();
+        if exported.is_valid() {
+            return format!(
+                "00-{}-{}-{:02x}",
+                exported.trace_id(),
+                exported.span_id(),
+                exported.trace_flags().to_u8()
+            );
+        }
         format!("00-{}-{}-{}", self.trace_id, random_hex(8), self.flags)
     }
 

@@ -556,6 +556,8 @@ async fn no_serving_worker_is_503_and_a_full_pool_429() {
     let server = fake_tts(stalled.clone(), true).await;
     let orch = orchestrator(Args {
         max_sessions_per_client: 1,
+        // Longer than the waits below: only the client leaving ends the turn.
+        first_frame_timeout_ms: 60_000,
         ..tts_args(&[server.address()])
     })
     .await;
@@ -592,6 +594,17 @@ async fn no_serving_worker_is_503_and_a_full_pool_429() {
     })
     .await;
     assert!(room.is_ok(), "the call is released when its client goes");
+    // Regression: a client gone before the first frame left its session open.
+    let closed = tokio::time::timeout(WAIT, async {
+        while !orch.running.app.sessions.is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the session of a request whose client left is closed"
+    );
 }
 
 #[tokio::test]

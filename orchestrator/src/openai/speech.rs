@@ -190,38 +190,33 @@ pub async fn create(
         .sessions
         .get_or_create(&id, &speech.voice, HashMap::new(), opener)
         .map_err(|error| ApiError::from_status(&error.to_status()))?;
-    let started = speak_stream(
+    // Whatever ends the request (its end, an error, the client leaving
+    // before the first frame), the session goes with it.
+    let session_guard = OwnSession {
+        app: Arc::clone(&app),
+        id,
+    };
+    let mut frames = speak_stream(
         Arc::clone(&app),
         session,
         TextSource::Whole(speech.text),
         super::trace_of(&headers),
-    );
-    let mut frames = match started {
-        Ok(frames) => frames,
-        Err(status) => {
-            end_session(&app, &id).await;
-            return Err(ApiError::from_status(&status));
-        }
-    };
+    )
+    .map_err(|status| ApiError::from_status(&status))?;
     let first = match frames.next().await {
         Some(Ok(frame)) => frame,
-        Some(Err(status)) => {
-            drop(frames);
-            end_session(&app, &id).await;
-            return Err(ApiError::from_status(&status));
-        }
+        Some(Err(status)) => return Err(ApiError::from_status(&status)),
         None => {
-            end_session(&app, &id).await;
             return Err(ApiError::from_status(&tonic::Status::internal(
                 "the turn ended without a frame",
-            )));
+            )))
         }
     };
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     let format = speech.format;
     tokio::spawn(async move {
+        let _session = session_guard;
         write_audio(format, first, frames, &tx).await;
-        end_session(&app, &id).await;
     });
     Ok((
         [(
@@ -352,10 +347,23 @@ fn pcm16_bytes(samples: &[f32]) -> Vec<u8> {
 
 /// The turn's session is the request's alone: closed with the response, on
 /// the worker too, instead of waiting for idle reaping.
-async fn end_session(app: &Orchestrator, id: &str) {
-    if let Some(session) = app.sessions.remove(id) {
-        let mut binding = session.tts.lock().await;
-        app.tts.close_session(&mut binding).await;
+struct OwnSession {
+    app: Arc<Orchestrator>,
+    id: String,
+}
+
+impl Drop for OwnSession {
+    fn drop(&mut self) {
+        let Some(session) = self.app.sessions.remove(&self.id) else {
+            return;
+        };
+        let app = Arc::clone(&self.app);
+        // The binding's lock is free once the turn has stopped (its frames'
+        // receiver is gone with the request).
+        tokio::spawn(async move {
+            let mut binding = session.tts.lock().await;
+            app.tts.close_session(&mut binding).await;
+        });
     }
 }
 
