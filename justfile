@@ -32,7 +32,7 @@ regress:
 # vs direct at 1 to 2,000 sessions, throughput vs a bare relay, first audio with the real voice, barge-in), which reads
 # the engines' JSON into target/bench/summary.{json,md} and draws target/bench/latency.png.
 bench:
-    cargo build --release --bin voxbench --bin tts-worker --bin orchestrator
+    cargo build --release --bin voxbench --bin tts-worker --bin stt-worker --bin orchestrator
     RAYON_NUM_THREADS=1 cargo run --release -p voxwire-piper --example piper_rtf
     cp "${CARGO_TARGET_DIR:-target}/bench/piper_rtf.json" "${CARGO_TARGET_DIR:-target}/bench/piper_rtf_1t.json"
     RAYON_NUM_THREADS=2 cargo run --release -p voxwire-piper --example piper_rtf

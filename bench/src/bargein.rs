@@ -49,6 +49,7 @@ pub async fn run(config: &BargeConfig, bins: &Bins, logs: &Path) -> Result<Barge
         engine: Engine::Tone { realtime: true },
         orchestrator: true,
         bare_relay: false,
+        stt: None,
     };
     let mut stack = stack::start(&spec, bins, logs, "barge-in").await?;
     let addr = stack

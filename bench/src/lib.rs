@@ -8,6 +8,8 @@
 //! - [`voice`]: first audio with the real Piper voice;
 //! - [`openai_ttfb`]: the same through `POST /v1/audio/speech` vs `Speak`;
 //! - [`bargein`]: interrupt to silence on Converse;
+//! - [`conversation`]: voice to voice on Converse with echo (end of speech →
+//!   final transcript → first audio of the reply);
 //! - [`report`], [`plot`]: summary JSON / Markdown and the latency plot.
 //!
 //! The processes under test are the built binaries ([`procs`], [`stack`]),
@@ -17,6 +19,7 @@
 pub mod bare_relay;
 pub mod bargein;
 pub mod client;
+pub mod conversation;
 pub mod error;
 pub mod machine;
 pub mod openai_ttfb;
@@ -69,6 +72,8 @@ pub enum Part {
     BargeIn,
     /// First audio of the OpenAI-compatible speech route vs Speak.
     Openai,
+    /// End of speech to final transcript to first echo audio on Converse.
+    VoiceToVoice,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -82,7 +87,7 @@ pub struct RunArgs {
     /// TTS workers behind the orchestrator in the relay benchmark.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
-    /// Parts to leave out: relay, throughput, voice, barge-in, openai.
+    /// Parts to leave out: relay, throughput, voice, barge-in, openai, voice-to-voice.
     #[arg(long, value_delimiter = ',')]
     pub skip: Vec<Part>,
     /// Where the JSON, the summary and the plot go (default: target/bench of the workspace).
@@ -301,6 +306,65 @@ pub async fn run(args: &RunArgs) -> Result<report::Summary> {
         skipped.push("barge-in (--skip)".to_string());
     }
 
+    let mut conversation_result = None;
+    if wanted(Part::VoiceToVoice) {
+        let models = args
+            .model_dir
+            .clone()
+            .unwrap_or_else(|| workspace_dir().join("../shared/models"));
+        let voice = models.join("piper-en_US-joe-medium");
+        let whisper = models.join("whisper-tiny.en");
+        let stt_worker = bins.path("stt-worker");
+        if voice.is_dir() && whisper.is_dir() && stt_worker.exists() {
+            let config = conversation::ConversationConfig {
+                voice,
+                whisper,
+                passes: if quick { 1 } else { 4 },
+                gap: Duration::from_millis(2_500),
+                partials: true,
+            };
+            println!(
+                "voice to voice: {} utterances spoken into Converse with echo",
+                config.passes * conversation::UTTERANCES.len()
+            );
+            match conversation::run(&config, &bins, &logs).await {
+                Ok(result) => {
+                    report::write_section(
+                        &out,
+                        "voice_to_voice.json",
+                        &machine,
+                        &revision,
+                        &result,
+                    )?;
+                    if result.missing_finals > 0 {
+                        failed.push(format!(
+                            "voice to voice: {} of {} utterances got no final",
+                            result.missing_finals, result.utterances
+                        ));
+                    }
+                    conversation_result = Some(result);
+                }
+                Err(e) => failed.push(format!("voice to voice: {e}")),
+            }
+        } else if std::env::var("CI").is_ok_and(|v| v == "true") {
+            failed.push(format!(
+                "voice to voice: needs {}, {} and {} (CI=true: models are required)",
+                voice.display(),
+                whisper.display(),
+                stt_worker.display()
+            ));
+        } else {
+            skipped.push(format!(
+                "voice to voice: needs {}, {} and {}",
+                voice.display(),
+                whisper.display(),
+                stt_worker.display()
+            ));
+        }
+    } else {
+        skipped.push("voice to voice (--skip)".to_string());
+    }
+
     for failure in &failed {
         skipped.push(format!("FAILED {failure}"));
     }
@@ -310,6 +374,7 @@ pub async fn run(args: &RunArgs) -> Result<report::Summary> {
             throughput_result.as_ref(),
             voice_result.as_ref(),
             barge_result.as_ref(),
+            conversation_result.as_ref(),
         ),
         engines: report::engines(&out),
         machine,
@@ -326,6 +391,7 @@ pub async fn run(args: &RunArgs) -> Result<report::Summary> {
         throughput: throughput_result,
         first_audio: voice_result,
         barge_in: barge_result,
+        voice_to_voice: conversation_result,
         skipped,
     };
     let json_path = out.join("summary.json");
@@ -340,6 +406,14 @@ pub async fn run(args: &RunArgs) -> Result<report::Summary> {
             Ok(()) => println!("wrote {}", png.display()),
             Err(e) => failed.push(format!("plot: {e}")),
         }
+    }
+    let png = out.join("user_latency.png");
+    // Never a stale plot beside a new summary.
+    let _ = std::fs::remove_file(&png);
+    match plot::user_latency(&summary, &png) {
+        Ok(()) if png.exists() => println!("wrote {}", png.display()),
+        Ok(()) => {}
+        Err(e) => failed.push(format!("plot: {e}")),
     }
     println!("\n{markdown}");
     println!("wrote {} and {}", json_path.display(), md_path.display());

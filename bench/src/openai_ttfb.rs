@@ -52,6 +52,7 @@ pub async fn run(config: &TtfbConfig, bins: &Bins, logs: &Path) -> Result<TtfbRe
         },
         orchestrator: true,
         bare_relay: false,
+        stt: None,
     };
     let mut stack = stack::start(&spec, bins, logs, "openai").await?;
     let grpc = stack

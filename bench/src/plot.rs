@@ -195,3 +195,81 @@ where
         .map_err(plot_err)?;
     Ok(())
 }
+
+/// user_latency.png: what a person waits for, p50 and p95 side by side, from
+/// every part of this run that measured it (first audio, barge-in, end of
+/// speech to final, voice to voice).
+pub fn user_latency(summary: &Summary, path: &Path) -> Result<()> {
+    let mut bars: Vec<(&str, f64, f64)> = Vec::new();
+    if let Some(v) = &summary.first_audio {
+        let o = &v.one_sentence.orchestrator_ms;
+        bars.push(("first audio, one sentence", o.p50, o.p95));
+        let o = &v.long_first_sentence.orchestrator_ms;
+        bars.push(("first audio, 233-char sentence", o.p50, o.p95));
+    }
+    if let Some(b) = &summary.barge_in {
+        let i = &b.interrupt_to_silence_ms;
+        bars.push(("barge-in to silence", i.p50, i.p95));
+    }
+    if let Some(c) = &summary.voice_to_voice {
+        let f = &c.end_of_speech_to_final_ms;
+        bars.push(("end of speech to final", f.p50, f.p95));
+        let a = &c.end_of_speech_to_first_audio_ms;
+        bars.push(("end of speech to reply audio", a.p50, a.p95));
+    }
+    bars.retain(|(_, p50, p95)| p50.is_finite() && p95.is_finite());
+    if bars.is_empty() {
+        return Ok(());
+    }
+    register_font()?;
+    let root = BitMapBackend::new(path, (1100, 120 + 70 * bars.len() as u32)).into_drawing_area();
+    root.fill(&WHITE).map_err(plot_err)?;
+    let x_max = bars.iter().map(|b| b.2).fold(1.0f64, f64::max) * 1.15;
+    let rows = bars.len() as f64;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!(
+                "What a person waits for (ms), p50 light / p95 dark - {} build, revision {}",
+                summary.build_profile, summary.git_revision
+            ),
+            ("sans-serif", 18),
+        )
+        .margin(14)
+        .x_label_area_size(36)
+        .y_label_area_size(250)
+        .build_cartesian_2d(0.0..x_max, 0.0..rows)
+        .map_err(plot_err)?;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .y_labels(bars.len() * 2 + 1)
+        .y_label_formatter(&|y| {
+            let row = y.floor();
+            if (y - row - 0.5).abs() > 0.26 || row < 0.0 || row >= rows {
+                return String::new();
+            }
+            bars.get(bars.len() - 1 - row as usize)
+                .map_or_else(String::new, |b| b.0.to_string())
+        })
+        .x_desc("ms")
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(plot_err)?;
+    for (i, (_, p50, p95)) in bars.iter().enumerate() {
+        let row = (bars.len() - 1 - i) as f64;
+        chart
+            .draw_series([
+                Rectangle::new(
+                    [(0.0, row + 0.15), (*p95, row + 0.85)],
+                    RGBColor(60, 110, 200).filled(),
+                ),
+                Rectangle::new(
+                    [(0.0, row + 0.3), (*p50, row + 0.7)],
+                    RGBColor(150, 190, 240).filled(),
+                ),
+            ])
+            .map_err(plot_err)?;
+    }
+    root.present().map_err(plot_err)?;
+    Ok(())
+}

@@ -126,6 +126,7 @@ pub async fn run(config: &RelayConfig, bins: &Bins, logs: &Path) -> Result<Vec<L
             engine: Engine::Tone { realtime: true },
             orchestrator: true,
             bare_relay: false,
+            stt: None,
         };
         let mut stack = stack::start(&spec, bins, logs, &format!("relay-{sessions}")).await?;
         let expected = match expected {

@@ -9,6 +9,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::bargein::BargeResult;
+use crate::conversation::ConversationResult;
 use crate::error::{io, Result};
 use crate::machine::{utc, Machine};
 use crate::relay::LevelResult;
@@ -50,6 +51,7 @@ pub struct Summary {
     pub throughput: Option<ThroughputResult>,
     pub first_audio: Option<VoiceResult>,
     pub barge_in: Option<BargeResult>,
+    pub voice_to_voice: Option<ConversationResult>,
     /// Figures read from the engine benchmarks' JSON (target/bench/*.json).
     pub engines: Value,
     /// What was not measured in this run, and why.
@@ -61,6 +63,7 @@ pub fn goals(
     throughput: Option<&ThroughputResult>,
     voice: Option<&VoiceResult>,
     barge: Option<&BargeResult>,
+    conversation: Option<&ConversationResult>,
 ) -> Vec<Goal> {
     let level = |n: usize| relay.iter().find(|l| l.sessions == n);
     let mut goals = Vec::new();
@@ -179,6 +182,29 @@ pub fn goals(
             None,
         ),
     });
+    for (figure, limit, pick) in [
+        (
+            "end of speech to final transcript, Converse, p95",
+            300.0,
+            (|c: &ConversationResult| c.end_of_speech_to_final_ms.p95)
+                as fn(&ConversationResult) -> f64,
+        ),
+        (
+            "voice to voice: end of speech to first echo audio, p95",
+            500.0,
+            |c: &ConversationResult| c.end_of_speech_to_first_audio_ms.p95,
+        ),
+    ] {
+        goals.push(match conversation {
+            Some(c) => goal(
+                figure,
+                format!("{:.0} ms", pick(c)),
+                &format!("<= {limit:.0} ms"),
+                Some(pick(c) <= limit && c.missing_finals == 0),
+            ),
+            None => goal(figure, "skipped".into(), &format!("<= {limit:.0} ms"), None),
+        });
+    }
     goals
 }
 
@@ -385,6 +411,30 @@ pub fn markdown(s: &Summary) -> String {
             b.frames_after_interrupt.p50,
             b.frames_after_interrupt.p95,
             b.frames_after_ack
+        );
+    }
+    if let Some(c) = &s.voice_to_voice {
+        let _ = writeln!(
+            md,
+            "\n## Voice to voice ({} utterances in the Piper voice, spoken at real time into Converse with echo{})\n\n\
+             | figure | p50 | p95 | max |\n|---|---|---|---|\n\
+             | end of speech to final transcript (ms) | {:.0} | {:.0} | {:.0} |\n\
+             | final transcript to first echo audio (ms) | {:.0} | {:.0} | {:.0} |\n\
+             | end of speech to first echo audio (ms) | {:.0} | {:.0} | {:.0} |\n\n\
+             WER of the finals {:.3}; utterances without a final: {}.",
+            c.utterances,
+            if c.partials { ", partials on" } else { "" },
+            c.end_of_speech_to_final_ms.p50,
+            c.end_of_speech_to_final_ms.p95,
+            c.end_of_speech_to_final_ms.max,
+            c.final_to_first_audio_ms.p50,
+            c.final_to_first_audio_ms.p95,
+            c.final_to_first_audio_ms.max,
+            c.end_of_speech_to_first_audio_ms.p50,
+            c.end_of_speech_to_first_audio_ms.p95,
+            c.end_of_speech_to_first_audio_ms.max,
+            c.word_error_rate,
+            c.missing_finals
         );
     }
     if let Some(engines) = s.engines.as_object().filter(|e| !e.is_empty()) {

@@ -9,7 +9,7 @@ use crate::procs::{free_addr, Bins, Proc};
 
 /// How long a process may take to report SERVING (a Piper worker loads and
 /// warms its voice first; a debug build is slower).
-const START_TIMEOUT: Duration = Duration::from_secs(120);
+pub const START_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Clone)]
 pub enum Engine {
@@ -61,6 +61,9 @@ pub struct StackSpec {
     pub orchestrator: bool,
     /// A bare pass-through relay in front of the first worker.
     pub bare_relay: bool,
+    /// HOST:PORT of an STT worker for the orchestrator's STT pool (none: no
+    /// STT pool).
+    pub stt: Option<String>,
 }
 
 pub async fn start(spec: &StackSpec, bins: &Bins, logs: &Path, tag: &str) -> Result<Stack> {
@@ -120,6 +123,7 @@ pub async fn start(spec: &StackSpec, bins: &Bins, logs: &Path, tag: &str) -> Res
     let orchestrator = if spec.orchestrator {
         let addr = free_addr()?;
         let http = free_addr()?;
+        let stt = spec.stt.clone().unwrap_or_default();
         let args: Vec<String> = [
             "--listen",
             &addr,
@@ -128,7 +132,7 @@ pub async fn start(spec: &StackSpec, bins: &Bins, logs: &Path, tag: &str) -> Res
             "--tts",
             &targets,
             "--stt",
-            "",
+            &stt,
             "--session-idle-seconds",
             "3600",
             "--default-worker-capacity",

@@ -55,6 +55,7 @@ pub async fn run(config: &ThroughputConfig, bins: &Bins, logs: &Path) -> Result<
         engine: Engine::Tone { realtime: false },
         orchestrator: true,
         bare_relay: true,
+        stt: None,
     };
     let mut stack = stack::start(&spec, bins, logs, "throughput").await?;
     let worker = stack.worker_addrs().remove(0);

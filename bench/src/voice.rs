@@ -104,6 +104,7 @@ impl VoicePath {
             },
             orchestrator: true,
             bare_relay: false,
+            stt: None,
         };
         let stack = stack::start(&spec, bins, logs, tag).await?;
         let worker = TtsServiceClient::new(connect(&stack.worker_addrs()[0]).await?);

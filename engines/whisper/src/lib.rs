@@ -11,6 +11,7 @@
 mod decoder;
 mod error;
 mod loops;
+mod mel;
 mod model;
 mod recognizer;
 mod timestamps;

@@ -4,12 +4,13 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::whisper::{self as whisper, audio, model::Whisper, Config};
+use candle_transformers::models::whisper::{self as whisper, model::Whisper, Config};
 use tokenizers::Tokenizer;
 
 use crate::decoder::CachedDecoder;
 use crate::error::WhisperError;
 use crate::loops::{self, LoopDetector};
+use crate::mel::MelFilterbank;
 use crate::timestamps::{Segment, Segmented, TimestampTokens, SECONDS_PER_STEP};
 
 /// Samples in one 30 s encoder window.
@@ -140,7 +141,7 @@ struct Inner {
     decoder: CachedDecoder,
     config: Config,
     tokenizer: Tokenizer,
-    mel_filters: Vec<f32>,
+    mel: MelFilterbank,
     device: Device,
     /// Token ids never sampled: the config's suppress_tokens, plus every
     /// special token but end-of-text and the timestamps (a special token
@@ -227,6 +228,15 @@ impl WhisperModel {
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect();
+        let mel =
+            MelFilterbank::new(mel_filters, config.num_mel_bins).ok_or(WhisperError::Format {
+                path: filters_path,
+                message: format!(
+                    "mel filters for {} bins of a {}-point FFT expected",
+                    config.num_mel_bins,
+                    whisper::N_FFT
+                ),
+            })?;
 
         let weights_path = dir.join("model.safetensors");
         // Buffered, not memory-mapped: mapping a file is unsafe code, and the
@@ -261,7 +271,7 @@ impl WhisperModel {
                 decoder,
                 config,
                 tokenizer,
-                mel_filters,
+                mel,
                 device,
                 suppressed,
                 begin_suppressed,
@@ -430,23 +440,8 @@ impl WhisperModel {
                     .clamp(min_frames.clamp(100, whisper::N_FRAMES), whisper::N_FRAMES)
             }
         };
-        // pcm_to_mel appends at least 15 s of silence, so there are always
-        // enough frames; only the first window's worth is wanted.
-        let mel = audio::pcm_to_mel(&inner.config, window, &inner.mel_filters);
-        let frames = mel.len() / n_mels;
-        let mel = Tensor::from_vec(mel, (1, n_mels, frames), &inner.device)?;
-        if frames >= wanted {
-            Ok(mel.narrow(2, 0, wanted)?)
-        } else {
-            // Not reached with pcm_to_mel's padding, but cheap to keep correct:
-            // pad with the quietest value the normalisation produces.
-            let pad = Tensor::full(
-                mel.min_all()?.to_scalar::<f32>()?,
-                (1, n_mels, wanted - frames),
-                &inner.device,
-            )?;
-            Ok(Tensor::cat(&[&mel, &pad], 2)?)
-        }
+        let mel = inner.mel.log_mel(window, wanted);
+        Ok(Tensor::from_vec(mel, (1, n_mels, wanted), &inner.device)?)
     }
 
     fn decode_window(
