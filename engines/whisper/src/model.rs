@@ -504,15 +504,22 @@ impl WhisperModel {
             // holds everything but the newest token.
             let fed = if step == 0 { prompt.len() } else { 1 };
             let hidden = decoder.forward(&tokens[tokens.len() - fed..], &mut state)?;
+            let mut logits = decoder.logits(&hidden, fed - 1)?;
             if step == 0 {
                 // Whisper reads the no-speech probability at the
-                // start-of-transcript position.
-                let at_sot = decoder.logits(&hidden, 0)?;
-                no_speech_prob = log_softmax(&at_sot)
+                // start-of-transcript position (the last of a one-token
+                // prompt: no second pass over the vocabulary).
+                let other;
+                let at_sot = if fed == 1 {
+                    &logits
+                } else {
+                    other = decoder.logits(&hidden, 0)?;
+                    &other
+                };
+                no_speech_prob = at_sot
                     .get(inner.no_speech)
-                    .map_or(0.0, |lp| lp.exp());
+                    .map_or(0.0, |&l| (f64::from(l) - log_sum_exp(at_sot)).exp());
             }
-            let mut logits = decoder.logits(&hidden, fed - 1)?;
             for &id in &inner.suppressed {
                 logits[id] = f32::NEG_INFINITY;
             }
@@ -524,13 +531,12 @@ impl WhisperModel {
             inner
                 .timestamps
                 .constrain(&tokens[prompt.len()..], audio_seconds, &mut logits);
-            let logprobs = log_softmax(&logits);
             let next = if temperature > 0.0 {
                 sample(&logits, temperature, rng)
             } else {
                 argmax(&logits)
             };
-            sum_logprob += logprobs[next];
+            sum_logprob += f64::from(logits[next]) - log_sum_exp(&logits);
             if next as u32 == inner.eot {
                 finished = true;
                 break;
@@ -624,6 +630,19 @@ fn seconds_to_samples(seconds: f64) -> usize {
     (seconds.max(0.0) * f64::from(crate::SAMPLE_RATE)).round() as usize
 }
 
+/// `ln(sum(exp(logits)))`, summed in f64: the normaliser of a log-softmax,
+/// without writing out the whole distribution.
+pub(crate) fn log_sum_exp(logits: &[f32]) -> f64 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if !max.is_finite() {
+        return f64::from(max);
+    }
+    let max = f64::from(max);
+    let sum: f64 = logits.iter().map(|&l| (f64::from(l) - max).exp()).sum();
+    sum.ln() + max
+}
+
+#[cfg(test)]
 pub(crate) fn log_softmax(logits: &[f32]) -> Vec<f64> {
     let max = logits
         .iter()

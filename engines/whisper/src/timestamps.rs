@@ -106,13 +106,14 @@ impl TimestampTokens {
             mask(logits, begin..floor);
         }
 
-        let logprobs = crate::model::log_softmax(logits);
-        let timestamp_mass = log_sum_exp(&logprobs[begin..]);
-        let best_text = logprobs[..begin]
+        // Whisper compares log-probabilities; both sides share the softmax's
+        // normaliser, so the logits compare the same.
+        let timestamp_mass = crate::model::log_sum_exp(&logits[begin..]);
+        let best_text = logits[..begin]
             .iter()
             .copied()
-            .fold(f64::NEG_INFINITY, f64::max);
-        if timestamp_mass > best_text {
+            .fold(f32::NEG_INFINITY, f32::max);
+        if timestamp_mass > f64::from(best_text) {
             mask(logits, 0..begin);
         }
     }
@@ -156,14 +157,6 @@ impl TimestampTokens {
         });
         Segmented { complete, open }
     }
-}
-
-fn log_sum_exp(values: &[f64]) -> f64 {
-    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    if !max.is_finite() {
-        return f64::NEG_INFINITY;
-    }
-    max + values.iter().map(|v| (v - max).exp()).sum::<f64>().ln()
 }
 
 #[cfg(test)]
