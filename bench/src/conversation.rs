@@ -76,6 +76,8 @@ pub struct ConversationResult {
     pub word_error_rate: f64,
     /// Finals that did not come (the utterance was lost) or came empty.
     pub missing_finals: usize,
+    /// Each utterance's script and the final it got, for reading the WER.
+    pub transcripts: Vec<(String, String)>,
 }
 
 /// One clip of the simulated speaker at [`MIC_RATE`].
@@ -203,10 +205,11 @@ pub async fn run(
             {
                 finals.push((Instant::now(), t.text));
             }
-            Some(converse_event::Event::Audio(frame)) if !frame.audio_data.is_empty() => {
-                if !echo_starts.iter().any(|(turn, _)| *turn == event.turn_id) {
-                    echo_starts.push((event.turn_id, Instant::now()));
-                }
+            Some(converse_event::Event::Audio(frame))
+                if !frame.audio_data.is_empty()
+                    && !echo_starts.iter().any(|(turn, _)| *turn == event.turn_id) =>
+            {
+                echo_starts.push((event.turn_id, Instant::now()));
             }
             Some(converse_event::Event::Error(e)) => {
                 return Err(BenchError::Setup(format!(
@@ -249,6 +252,11 @@ pub async fn run(
     }
     let reference = scripts.join(" ");
     let hypothesis = hypotheses.join(" ");
+    let transcripts = scripts
+        .iter()
+        .map(|s| s.to_string())
+        .zip(hypotheses)
+        .collect();
     Ok(ConversationResult {
         utterances: ends.len(),
         partials: config.partials,
@@ -257,6 +265,7 @@ pub async fn run(
         end_of_speech_to_first_audio_ms: Pcts::of(voice_to_voice),
         word_error_rate: voxwire_testkit::wer::word_error_rate(&reference, &hypothesis),
         missing_finals: missing,
+        transcripts,
     })
 }
 
