@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
 use voxwire_proto::tts::tts_service_client::TtsServiceClient;
 use voxwire_proto::tts::{StartSessionRequest, TextChunk};
 use voxwire_proto::voxwire::v1::voxwire_client::VoxwireClient;
@@ -56,14 +57,20 @@ pub struct ConversationConfig {
     /// Silence after each utterance's speech before the next begins: room for
     /// its final and its echo's first audio (the echo goes on playing).
     pub gap: Duration,
-    /// Whether the conversation asks for partial transcripts (a live
-    /// caption does), which costs decodes while the speaker talks.
-    pub partials: bool,
+}
+
+/// The same speech in two conversations, with and without partials.
+#[derive(Debug, Clone, Serialize)]
+pub struct VoiceToVoice {
+    pub with_partials: ConversationResult,
+    pub without_partials: ConversationResult,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ConversationResult {
     pub utterances: usize,
+    /// Whether the conversation asked for partial transcripts, which cost
+    /// decodes while the speaker talks.
     pub partials: bool,
     /// End of the speech (the last clearly audible sample) to the final
     /// transcript's arrival.
@@ -88,11 +95,7 @@ struct Clip {
     speech_end: usize,
 }
 
-pub async fn run(
-    config: &ConversationConfig,
-    bins: &Bins,
-    logs: &Path,
-) -> Result<ConversationResult> {
+pub async fn run(config: &ConversationConfig, bins: &Bins, logs: &Path) -> Result<VoiceToVoice> {
     let stt_addr = free_addr()?;
     let stt_args = vec![
         "--listen".to_string(),
@@ -127,7 +130,28 @@ pub async fn run(
         .addr
         .clone();
     let mut client = VoxwireClient::new(connect(&orchestrator).await?);
+    // With partials (what a live caption asks for) and without, on the same
+    // stack: the difference is what partial decodes cost the final.
+    let with_partials = converse(&mut client, &clips, config, true).await?;
+    stack.check_alive()?;
+    stt.check_alive()?;
+    let without_partials = converse(&mut client, &clips, config, false).await?;
+    stack.check_alive()?;
+    stt.check_alive()?;
+    Ok(VoiceToVoice {
+        with_partials,
+        without_partials,
+    })
+}
 
+/// One conversation: every clip spoken `config.passes` times, then the
+/// microphone closes.
+async fn converse(
+    client: &mut VoxwireClient<Channel>,
+    clips: &[Clip],
+    config: &ConversationConfig,
+    partials: bool,
+) -> Result<ConversationResult> {
     // The whole microphone stream, and where each utterance's speech ends in it.
     let lead = vec![0.0f32; samples(Duration::from_millis(500))];
     let gap = vec![0.0f32; samples(config.gap)];
@@ -135,7 +159,7 @@ pub async fn run(
     let mut scripts = Vec::new();
     let mut ends = Vec::new();
     for _ in 0..config.passes.max(1) {
-        for clip in &clips {
+        for clip in clips {
             ends.push(mic.len() + clip.speech_end);
             scripts.push(clip.script);
             mic.extend_from_slice(&clip.pcm);
@@ -146,9 +170,9 @@ pub async fn run(
     let (tx, rx) = mpsc::channel(64);
     tx.send(ConverseRequest {
         request: Some(converse_request::Request::Config(ConverseConfig {
-            session_id: "voice-to-voice".into(),
+            session_id: format!("voice-to-voice-{partials}"),
             input_sample_rate: MIC_RATE as i32,
-            partial_results: config.partials,
+            partial_results: partials,
             echo: true,
             ..Default::default()
         })),
@@ -223,8 +247,6 @@ pub async fn run(
     sender
         .await
         .map_err(|e| BenchError::Setup(format!("the microphone task failed: {e}")))?;
-    stack.check_alive()?;
-    stt.check_alive()?;
 
     // An utterance's final is the first final after its speech ended; its echo
     // the first echo turn to start after that final.
@@ -259,7 +281,7 @@ pub async fn run(
         .collect();
     Ok(ConversationResult {
         utterances: ends.len(),
-        partials: config.partials,
+        partials,
         end_of_speech_to_final_ms: Pcts::of(to_final),
         final_to_first_audio_ms: Pcts::of(to_audio),
         end_of_speech_to_first_audio_ms: Pcts::of(voice_to_voice),

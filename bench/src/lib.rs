@@ -321,10 +321,9 @@ pub async fn run(args: &RunArgs) -> Result<report::Summary> {
                 whisper,
                 passes: if quick { 1 } else { 4 },
                 gap: Duration::from_millis(2_500),
-                partials: true,
             };
             println!(
-                "voice to voice: {} utterances spoken into Converse with echo",
+                "voice to voice: {} utterances spoken into Converse with echo, with and without partials",
                 config.passes * conversation::UTTERANCES.len()
             );
             match conversation::run(&config, &bins, &logs).await {
@@ -336,11 +335,13 @@ pub async fn run(args: &RunArgs) -> Result<report::Summary> {
                         &revision,
                         &result,
                     )?;
-                    if result.missing_finals > 0 {
-                        failed.push(format!(
-                            "voice to voice: {} of {} utterances got no final",
-                            result.missing_finals, result.utterances
-                        ));
+                    for run in [&result.with_partials, &result.without_partials] {
+                        if run.missing_finals > 0 {
+                            failed.push(format!(
+                                "voice to voice (partials {}): {} of {} utterances got no final",
+                                run.partials, run.missing_finals, run.utterances
+                            ));
+                        }
                     }
                     conversation_result = Some(result);
                 }

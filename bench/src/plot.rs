@@ -211,7 +211,7 @@ pub fn user_latency(summary: &Summary, path: &Path) -> Result<()> {
         let i = &b.interrupt_to_silence_ms;
         bars.push(("barge-in to silence", i.p50, i.p95));
     }
-    if let Some(c) = &summary.voice_to_voice {
+    if let Some(c) = summary.voice_to_voice.as_ref().map(|v| &v.with_partials) {
         let f = &c.end_of_speech_to_final_ms;
         bars.push(("end of speech to final", f.p50, f.p95));
         let a = &c.end_of_speech_to_first_audio_ms;

@@ -15,6 +15,10 @@
 //! clips written as WAV files, at beam 5 (its default) and greedy; both WERs and
 //! both times are printed and written. `VOXWIRE_BENCH_REFERENCE=0` skips it.
 //!
+//! `VOXWIRE_BENCH_CONTEXT_FLOOR_MS=N` runs the engine with a trimmed encoder
+//! context of at least N ms instead of the default (6,000), to measure what a
+//! shorter floor saves and what it costs in words.
+//!
 //! WER normalisation (voxwire_testkit::wer): lowercase, punctuation removed,
 //! apostrophes dropped, nothing expanded ("10" and "ten" differ).
 //!
@@ -26,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use voxwire_testkit::wer::word_error_rate;
-use voxwire_whisper::{EndpointConfig, Recognizer, WhisperModel, SAMPLE_RATE};
+use voxwire_whisper::{AudioContext, EndpointConfig, Recognizer, WhisperModel, SAMPLE_RATE};
 
 type BoxError = Box<dyn std::error::Error>;
 
@@ -243,7 +247,14 @@ fn main() -> Result<(), BoxError> {
         .ok_or("set VOXWIRE_MODEL_DIR to the folder holding whisper-tiny.en")?;
     let dir = base.join(voxwire_testkit::WHISPER_TINY_EN);
     let load_start = Instant::now();
-    let model = WhisperModel::load(&dir)?;
+    let mut model = WhisperModel::load(&dir)?;
+    if let Ok(floor) = std::env::var("VOXWIRE_BENCH_CONTEXT_FLOOR_MS") {
+        let ms: usize = floor.parse()?;
+        model = model.with_audio_context(AudioContext::Trimmed {
+            min_frames: ms / 10,
+        });
+        println!("encoder context: trimmed, floor {ms} ms");
+    }
     let load_s = load_start.elapsed().as_secs_f64();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(

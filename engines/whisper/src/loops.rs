@@ -77,6 +77,52 @@ pub(crate) fn is_invented(letters: &str, seconds: f64, previous: &str) -> bool {
     copies_previous || too_fast
 }
 
+/// Whether `text` says one sentence twice in a row ("No. No.", "The S. The
+/// S."): sentences end at ".", "?" or "!", and are compared by their letters.
+/// A speaker rarely does this; a decoder stuck in a loop always does.
+pub(crate) fn repeats_a_sentence(text: &str) -> bool {
+    let sentences: Vec<String> = text
+        .split_inclusive(['.', '?', '!'])
+        .map(letters)
+        .filter(|s| !s.is_empty())
+        .collect();
+    sentences.windows(2).any(|pair| pair[0] == pair[1])
+}
+
+/// Follows a decode token by token and says when a sentence just ended is
+/// the sentence before it again (what [`repeats_a_sentence`] looks for in
+/// finished text).
+#[derive(Debug, Default)]
+pub(crate) struct SentenceRepeats {
+    /// The letters of the last sentence that ended.
+    previous: Option<String>,
+    /// The letters of the sentence being written, and where it started.
+    current: String,
+    current_start: Option<usize>,
+}
+
+impl SentenceRepeats {
+    /// Adds the text of the token at `position`. Returns the position where
+    /// the sentence this token ends began, when it repeats the one before.
+    pub(crate) fn push(&mut self, position: usize, token_text: &str) -> Option<usize> {
+        let added = letters(token_text);
+        if !added.is_empty() && self.current_start.is_none() {
+            self.current_start = Some(position);
+        }
+        self.current.push_str(&added);
+        if !token_text.trim_end().ends_with(['.', '?', '!']) || self.current.is_empty() {
+            return None;
+        }
+        let ended = std::mem::take(&mut self.current);
+        let started = self.current_start.take();
+        if self.previous.as_deref() == Some(ended.as_str()) {
+            return started;
+        }
+        self.previous = Some(ended);
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,6 +167,36 @@ mod tests {
             !is_invented("yes", 0.05, "no"),
             "short words are not rate-checked"
         );
+    }
+
+    #[test]
+    fn a_sentence_said_twice_in_a_row_is_a_repeat() {
+        assert!(repeats_a_sentence("No. No. No. No."));
+        assert!(repeats_a_sentence("S. The S. The S. The"));
+        assert!(repeats_a_sentence("Turn left. Turn left!"));
+        assert!(!repeats_a_sentence("No."));
+        assert!(!repeats_a_sentence("No, no, no."));
+        assert!(!repeats_a_sentence("Turn left. Then turn left again."));
+        assert!(!repeats_a_sentence(""));
+    }
+
+    #[test]
+    fn a_short_sentence_written_again_is_caught_where_the_copy_starts() {
+        let mut repeats = SentenceRepeats::default();
+        let tokens = [" No", ".", " No", "."];
+        let found: Vec<Option<usize>> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| repeats.push(i, t))
+            .collect();
+        assert_eq!(found, [None, None, None, Some(2)]);
+
+        let mut repeats = SentenceRepeats::default();
+        let speech = [" No", ",", " no", ".", " Go", " away", "."];
+        assert!(speech
+            .iter()
+            .enumerate()
+            .all(|(i, t)| repeats.push(i, t).is_none()));
     }
 
     #[test]

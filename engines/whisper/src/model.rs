@@ -9,7 +9,7 @@ use tokenizers::Tokenizer;
 
 use crate::decoder::CachedDecoder;
 use crate::error::WhisperError;
-use crate::loops::{self, LoopDetector};
+use crate::loops::{self, LoopDetector, SentenceRepeats};
 use crate::mel::MelFilterbank;
 use crate::timestamps::{Segment, Segmented, TimestampTokens, SECONDS_PER_STEP};
 
@@ -129,6 +129,10 @@ impl Default for AudioContext {
         AudioContext::DEFAULT
     }
 }
+
+/// The encoder context a trimmed decode that looped is retried with, in mel
+/// frames (10 s), before the full 30 s.
+const LOOP_RETRY_MIN_FRAMES: usize = 1_000;
 
 /// Silence after the audio in a trimmed context: Whisper expects to see
 /// the speech end before its input does.
@@ -425,10 +429,10 @@ impl WhisperModel {
     /// Log-mel features of one window (at most 30 s), padded with the mel of
     /// silence: to the full 3000 frames the model was trained on, or, with a
     /// trimmed context, to the audio plus a margin of silence.
-    fn mel(&self, window: &[f32]) -> Result<Tensor, WhisperError> {
+    fn mel(&self, window: &[f32], context: AudioContext) -> Result<Tensor, WhisperError> {
         let inner = &self.inner;
         let n_mels = inner.config.num_mel_bins;
-        let wanted = match self.context {
+        let wanted = match context {
             AudioContext::Full => whisper::N_FRAMES,
             AudioContext::Trimmed { min_frames } => {
                 let audio_frames = window.len().div_ceil(whisper::HOP_LENGTH);
@@ -451,7 +455,41 @@ impl WhisperModel {
         effort: Effort,
         rng: &mut SplitMix64,
     ) -> Result<WindowDecode, WhisperError> {
-        let mel = self.mel(window)?;
+        let decoded = self.decode_window_in(whisper, window, effort, rng, self.context)?;
+        // A trimmed context is cheaper but, on a word or two of audio, can
+        // send the decoder round a loop Whisper's own checks let through
+        // ("No. No. No. No." for "No."); the 30 s context it was trained on
+        // does not. Such a decode is redone there: rare, and right.
+        let AudioContext::Trimmed { min_frames } = self.context else {
+            return Ok(decoded);
+        };
+        if !decoded.loops && !loops::repeats_a_sentence(&decoded.text) {
+            return Ok(decoded);
+        }
+        // A 10 s floor was enough on the one-word clips measured (0.6 s of
+        // audio) at a third of the full context's cost; the full context is
+        // the last resort.
+        if min_frames < LOOP_RETRY_MIN_FRAMES {
+            let retry = AudioContext::Trimmed {
+                min_frames: LOOP_RETRY_MIN_FRAMES,
+            };
+            let decoded = self.decode_window_in(whisper, window, effort, rng, retry)?;
+            if !decoded.loops && !loops::repeats_a_sentence(&decoded.text) {
+                return Ok(decoded);
+            }
+        }
+        self.decode_window_in(whisper, window, effort, rng, AudioContext::Full)
+    }
+
+    fn decode_window_in(
+        &self,
+        whisper: &mut Whisper,
+        window: &[f32],
+        effort: Effort,
+        rng: &mut SplitMix64,
+        context: AudioContext,
+    ) -> Result<WindowDecode, WhisperError> {
+        let mel = self.mel(window, context)?;
         let features = whisper.encoder.forward(&mel, true)?;
         let seconds = window.len() as f64 / f64::from(crate::SAMPLE_RATE);
         let max_tokens =
@@ -496,6 +534,7 @@ impl WhisperModel {
         let mut finished = false;
         let mut looped = false;
         let mut detector = LoopDetector::default();
+        let mut sentences = SentenceRepeats::default();
         // Where each word token sits in `tokens`, to cut a loop off.
         let mut word_positions: Vec<usize> = Vec::new();
         let max_tokens = max_tokens.min(decoder.max_len().saturating_sub(prompt.len()));
@@ -555,6 +594,14 @@ impl WhisperModel {
                 finished = true;
                 break;
             }
+            if let Some(copy_starts) = sentences.push(tokens.len() - 1, &piece) {
+                // The same for a short sentence said again ("No. No."),
+                // under the letter count the detector above needs.
+                tokens.truncate(copy_starts);
+                looped = true;
+                finished = true;
+                break;
+            }
         }
         let tokens = tokens.split_off(prompt.len());
         let words: Vec<u32> = tokens
@@ -566,6 +613,7 @@ impl WhisperModel {
         Ok(WindowDecode {
             avg_logprob: sum_logprob / (tokens.len() + 1) as f64,
             compression_ratio: compression_ratio(&text),
+            text,
             loops: looped,
             tokens,
             sum_logprob,
@@ -580,6 +628,8 @@ impl WhisperModel {
 struct WindowDecode {
     /// Words and timestamps, without the prompt or end-of-text.
     tokens: Vec<u32>,
+    /// The words of `tokens`, as text.
+    text: String,
     sum_logprob: f64,
     avg_logprob: f64,
     no_speech_prob: f64,

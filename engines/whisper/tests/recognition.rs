@@ -375,3 +375,36 @@ fn piper_speech_is_not_transcribed_as_a_repeated_sentence() {
         assert!(wer <= WER_BOUND, "WER {wer:.3} for {text:?}");
     }
 }
+
+/// Regression: a one-word answer, transcribed with the trimmed encoder
+/// context, came back as "No. No. No. No. No. No." and "Yes." as "S. The S.
+/// The S. The"; both in whole-clip transcription and as a stream's final.
+#[test]
+fn a_one_word_answer_is_not_transcribed_as_a_repeated_sentence() {
+    let Some(model) = common::model() else { return };
+    for word in ["No.", "Yes."] {
+        let Some(pcm) = common::speak(word) else {
+            return;
+        };
+        let text = model.transcribe(&pcm).expect("transcribe").text;
+        eprintln!("{word:?} -> {text:?}");
+        let said = voxwire_testkit::wer::normalize(word).join(" ");
+        assert_eq!(times_said(&said, &text), 1, "{word:?} -> {text:?}");
+        assert_eq!(voxwire_testkit::wer::normalize(&text).len(), 1, "{text:?}");
+
+        let mut stream_audio = common::silence(300);
+        stream_audio.extend(&pcm);
+        stream_audio.extend(common::silence(800));
+        let mut recognizer = Recognizer::new(model.clone(), EndpointConfig::default(), false);
+        let (streamed, after_end) = stream(&mut recognizer, &stream_audio);
+        common::validate(&streamed, &after_end, false);
+        let finals: Vec<&str> = streamed
+            .iter()
+            .chain(&after_end)
+            .filter(|e| e.is_final && !e.text.is_empty())
+            .map(|e| e.text.as_str())
+            .collect();
+        assert_eq!(finals.len(), 1, "{finals:?}");
+        assert_eq!(times_said(&said, finals[0]), 1, "{finals:?}");
+    }
+}
