@@ -104,9 +104,16 @@ pub async fn start(
     // client token must not put an address into the pools.
     let registry_gate = Gate::new(settings.registry.token.clone(), 0);
     let max = security.max_message_bytes;
+    let served = [
+        <VoxwireServer<VoxwireApi> as tonic::server::NamedService>::NAME,
+        <RegistryServer<RegistryApi> as tonic::server::NamedService>::NAME,
+        <TtsServiceServer<TtsRelay> as tonic::server::NamedService>::NAME,
+        <SttServiceServer<SttRelay> as tonic::server::NamedService>::NAME,
+    ];
     let router = voxwire_service::tls::server_builder(security.tls.as_ref())?
         .add_service(health_service)
-        .add_service(voxwire_service::reflection()?)
+        .add_service(voxwire_service::reflection(&served)?)
+        .add_service(voxwire_service::reflection_v1alpha(&served)?)
         .add_service(gate.guard(
             VoxwireServer::new(VoxwireApi::new(Arc::clone(&app))).max_decoding_message_size(max),
         ))

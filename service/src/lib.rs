@@ -88,17 +88,54 @@ impl Health {
     }
 }
 
-/// gRPC reflection over every voxwire service and `grpc.health.v1`.
-pub fn reflection() -> Result<
+/// The services reflection lists besides a server's own: health and
+/// reflection itself, in both the versions clients ask for.
+const ALWAYS_LISTED: [&str; 3] = [
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
+fn reflection_builder(served: &[&str]) -> tonic_reflection::server::Builder<'static> {
+    let builder = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(voxwire_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+    served
+        .iter()
+        .chain(&ALWAYS_LISTED)
+        .fold(builder, |builder, name| builder.with_service_name(*name))
+}
+
+/// gRPC reflection (`grpc.reflection.v1`) listing the services this server
+/// serves (`served`, fully qualified, e.g. `tts.TTSService`), health and
+/// reflection, with every voxwire message type resolvable. A worker's
+/// listing must not offer services it does not serve: a client would try
+/// them and get UNIMPLEMENTED.
+pub fn reflection(
+    served: &[&str],
+) -> Result<
     tonic_reflection::server::v1::ServerReflectionServer<
         impl tonic_reflection::server::v1::ServerReflection,
     >,
     ServiceError,
 > {
-    tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(voxwire_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    reflection_builder(served)
         .build_v1()
+        .map_err(|e| ServiceError::Reflection(e.to_string()))
+}
+
+/// The same listing over `grpc.reflection.v1alpha`, which older grpcurl,
+/// Postman and evans still ask for.
+pub fn reflection_v1alpha(
+    served: &[&str],
+) -> Result<
+    tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    >,
+    ServiceError,
+> {
+    reflection_builder(served)
+        .build_v1alpha()
         .map_err(|e| ServiceError::Reflection(e.to_string()))
 }
 

@@ -150,7 +150,12 @@ pub async fn start(
     }
     let router = voxwire_service::tls::server_builder(tls.as_ref())?
         .add_service(health_service)
-        .add_service(voxwire_service::reflection()?)
+        .add_service(voxwire_service::reflection(&[<SttServiceServer<
+            SttServiceImpl,
+        > as tonic::server::NamedService>::NAME])?)
+        .add_service(voxwire_service::reflection_v1alpha(&[<SttServiceServer<
+            SttServiceImpl,
+        > as tonic::server::NamedService>::NAME])?)
         .add_service(
             SttServiceServer::new(SttServiceImpl::new(Arc::clone(&worker)))
                 .max_decoding_message_size(args.max_message_bytes),
