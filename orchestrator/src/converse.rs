@@ -113,6 +113,16 @@ where
         validate_session_id(&config.session_id)?;
         config.session_id.clone()
     };
+    // The microphone format is checked when the conversation opens, by the
+    // rule its audio will meet at the STT worker, not at the first audio
+    // chunk, when the client has long since gone on.
+    SttRequestValidator::new(app.settings.security.audio)
+        .accept(&RecognizeRequest {
+            request: Some(recognize_request::Request::Config(recognition_config(
+                &config, &id,
+            ))),
+        })
+        .map_err(|violation| violation.to_status())?;
     let admitted = app.admit()?;
     let session = app
         .sessions
@@ -409,13 +419,7 @@ impl Conversation {
     async fn start_listening(&mut self) -> Result<Option<ListenTurn>, Gone> {
         let id = self.next_turn;
         self.next_turn += 1;
-        let config = RecognitionConfig {
-            session_id: self.session.id.clone(),
-            sample_rate: self.config.input_sample_rate,
-            language: self.config.language.clone(),
-            partial_results: self.config.partial_results,
-            model_id: String::new(),
-        };
+        let config = recognition_config(&self.config, &self.session.id);
         let mut validator = SttRequestValidator::new(self.app.settings.security.audio);
         let request = RecognizeRequest {
             request: Some(recognize_request::Request::Config(config.clone())),
@@ -488,5 +492,16 @@ impl Conversation {
                     .await
             }
         }
+    }
+}
+
+/// The config of the STT stream a conversation's microphone audio goes to.
+fn recognition_config(config: &ConverseConfig, session_id: &str) -> RecognitionConfig {
+    RecognitionConfig {
+        session_id: session_id.to_string(),
+        sample_rate: config.input_sample_rate,
+        language: config.language.clone(),
+        partial_results: config.partial_results,
+        model_id: String::new(),
     }
 }

@@ -530,3 +530,29 @@ async fn five_and_fifty_stalled_readers_do_not_delay_an_unrelated_speak() {
         );
     }
 }
+
+/// Regression (issue 22, Low): a Converse config with input_sample_rate 0
+/// was accepted, and the conversation failed only at its first audio.
+#[tokio::test]
+async fn a_converse_config_without_a_valid_sample_rate_is_refused_when_it_opens() {
+    use voxwire_proto::voxwire::v1::{converse_request, ConverseConfig, ConverseRequest};
+    let worker = tone_worker(WorkerArgs::tone_for_tests()).await;
+    let orch = orchestrator(tts_args(&[worker.address()])).await;
+    orch.wait_ready().await;
+    for rate in [0, 4_000, 1_000_000] {
+        let config = ConverseRequest {
+            request: Some(converse_request::Request::Config(ConverseConfig {
+                session_id: format!("rate-{rate}"),
+                input_sample_rate: rate,
+                ..Default::default()
+            })),
+        };
+        let opened =
+            tokio::time::timeout(WAIT, orch.voxwire().converse(tokio_stream::iter([config])))
+                .await
+                .expect("an answer");
+        let status = opened.expect_err("refused at open");
+        assert_eq!(status.code(), Code::InvalidArgument, "{rate}: {status:?}");
+        assert!(status.message().contains("STT-CONFIG-RATE"), "{status:?}");
+    }
+}
