@@ -586,24 +586,38 @@ impl Endpoint {
         channel: &Channel,
         settings: &EndpointSettings,
     ) -> Result<(), Status> {
-        let answer = match self.kind {
-            Kind::Tts => {
-                let mut request = Request::new(tts::GetCapabilitiesRequest {});
-                request.set_timeout(settings.load_poll_timeout);
-                tts::tts_service_client::TtsServiceClient::new(channel.clone())
-                    .get_capabilities(request)
-                    .await
-                    .map(|r| r.into_inner().metrics)
-            }
-            Kind::Stt => {
-                let mut request = Request::new(stt::GetCapabilitiesRequest {});
-                request.set_timeout(settings.load_poll_timeout);
-                stt::stt_service_client::SttServiceClient::new(channel.clone())
-                    .get_capabilities(request)
-                    .await
-                    .map(|r| r.into_inner().metrics)
+        // The deadline is kept here, not only sent: tonic reports its own
+        // client-side timeout as CANCELLED ("Timeout expired"), which reads
+        // like a call the orchestrator gave up on, not like a silent worker.
+        // The header asks a bit more, so this one always fires first.
+        let header = settings.load_poll_timeout + settings.load_poll_timeout / 2;
+        let call = async {
+            match self.kind {
+                Kind::Tts => {
+                    let mut request = Request::new(tts::GetCapabilitiesRequest {});
+                    request.set_timeout(header);
+                    tts::tts_service_client::TtsServiceClient::new(channel.clone())
+                        .get_capabilities(request)
+                        .await
+                        .map(|r| r.into_inner().metrics)
+                }
+                Kind::Stt => {
+                    let mut request = Request::new(stt::GetCapabilitiesRequest {});
+                    request.set_timeout(header);
+                    stt::stt_service_client::SttServiceClient::new(channel.clone())
+                        .get_capabilities(request)
+                        .await
+                        .map(|r| r.into_inner().metrics)
+                }
             }
         };
+        let answer = tokio::time::timeout(settings.load_poll_timeout, call)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Status::deadline_exceeded(
+                    "no answer to GetCapabilities in time",
+                ))
+            });
         // Any answer, even an error status, shows the process is alive; only
         // silence past the deadline makes it unresponsive.
         let metrics = match answer {

@@ -462,7 +462,9 @@ impl TtsDispatcher {
                 model_id: binding.model_id.clone(),
                 options: binding.options.clone(),
             });
-            request.set_timeout(self.settings.call_timeout);
+            // A little past the deadline kept below, which so fires first:
+            // tonic reports its own timeout as CANCELLED, not retryable.
+            request.set_timeout(self.settings.call_timeout + self.settings.call_timeout / 4);
             trace.inject(request.metadata_mut());
             request
         };

@@ -194,6 +194,25 @@ async fn a_frozen_idle_worker_is_out_of_service_within_a_second_and_rejoins_afte
     speak_ok(&mut client, "idle-2", "After the thaw.").await;
 }
 
+/// A load poll that goes unanswered marks the worker UNRESPONSIVE within
+/// `--load-poll-ms` + `--load-poll-timeout-ms`, even while its connection
+/// and health stay fine. (It used to be ignored: tonic reports its own
+/// client-side timeout as CANCELLED.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_load_poll_marks_the_worker_unresponsive() {
+    let server = fake_tts(FakeTts::new(Mode::CapabilitiesHang), true).await;
+    let addr = server.address();
+    let orch = orchestrator(tts_args(std::slice::from_ref(&addr))).await;
+    let started = Instant::now();
+    orch.wait_tts("UNRESPONSIVE", |all| {
+        state_of(all, &addr) == Some(EndpointState::Unresponsive)
+    })
+    .await;
+    let took = started.elapsed();
+    eprintln!("UNRESPONSIVE after {took:?}");
+    assert!(took < DETECT + Duration::from_millis(500), "took {took:?}");
+}
+
 /// Both TTS client paths, while one of two workers is frozen: right after
 /// the freeze (not detected yet: turns reach it and must move), and once it
 /// is known to be out of service.

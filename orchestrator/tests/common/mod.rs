@@ -348,6 +348,8 @@ pub enum Mode {
     /// StartSession never answers (health and load polls do): a worker
     /// wedged in the one call.
     StartHangs,
+    /// GetCapabilities never answers (the connection and health do).
+    CapabilitiesHang,
 }
 
 #[derive(Clone)]
@@ -432,7 +434,7 @@ impl TtsService for FakeTts {
             }
         }
         let frames: Vec<AudioFrame> = match self.mode {
-            Mode::Valid | Mode::StartHangs => valid_frames(&session),
+            Mode::Valid | Mode::StartHangs | Mode::CapabilitiesHang => valid_frames(&session),
             Mode::InvalidArgument => return Err(Status::invalid_argument("fake: bad text")),
             Mode::Unavailable => return Err(Status::unavailable("fake: overloaded")),
             Mode::EmptyNonFinalOnce if call == 1 => {
@@ -499,6 +501,9 @@ impl TtsService for FakeTts {
         &self,
         _: Request<GetCapabilitiesRequest>,
     ) -> Result<Response<GetCapabilitiesResponse>, Status> {
+        if self.mode == Mode::CapabilitiesHang {
+            std::future::pending::<()>().await;
+        }
         Ok(Response::new(GetCapabilitiesResponse {
             capabilities: None,
             resident_models: Vec::new(),
