@@ -342,3 +342,139 @@ async fn every_transcribe_succeeds_in_bound_with_one_of_two_stt_workers_frozen()
     })
     .await;
 }
+
+/// Reads Converse events until one matches `pred`; a turn error fails.
+async fn until(
+    events: &mut tonic::Streaming<voxwire_proto::voxwire::v1::ConverseEvent>,
+    what: &str,
+    pred: fn(&voxwire_proto::voxwire::v1::converse_event::Event) -> bool,
+) -> Result<(), String> {
+    use voxwire_proto::voxwire::v1::converse_event::Event;
+    loop {
+        let event = tokio::time::timeout(WAIT, events.next())
+            .await
+            .map_err(|_| format!("no {what} in time"))?
+            .ok_or_else(|| format!("stream ended before {what}"))?
+            .map_err(|s| format!("{what}: {s:?}"))?;
+        match &event.event {
+            Some(Event::Error(error)) => return Err(format!("turn error: {error:?}")),
+            Some(e) if pred(e) => return Ok(()),
+            _ => {}
+        }
+    }
+}
+
+/// One Converse conversation: a `say` turn (to its final frame) and a
+/// listening turn (audio, end of audio, to its final transcript); the time
+/// of each.
+async fn converse_turns(channel: Channel, id: String) -> Result<(Duration, Duration), String> {
+    use voxwire_proto::voxwire::v1::{
+        converse_event::Event, converse_request::Request as R, ConverseConfig, ConverseRequest,
+        EndOfAudio,
+    };
+    let (requests, rx) = tokio::sync::mpsc::channel(8);
+    let send = |request: R| ConverseRequest {
+        request: Some(request),
+    };
+    requests
+        .send(send(R::Config(ConverseConfig {
+            session_id: id,
+            input_sample_rate: 16_000,
+            ..Default::default()
+        })))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut events = voxwire_proto::voxwire::v1::voxwire_client::VoxwireClient::new(channel)
+        .converse(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(|s| format!("Converse: {s:?}"))?
+        .into_inner();
+    let started = Instant::now();
+    requests
+        .send(send(R::Say("Hi there.".into())))
+        .await
+        .map_err(|e| e.to_string())?;
+    until(
+        &mut events,
+        "the final frame",
+        |e| matches!(e, Event::Audio(f) if f.is_final),
+    )
+    .await?;
+    let spoken = started.elapsed();
+    let started = Instant::now();
+    requests
+        .send(send(R::Audio(vec![0u8; 3_200].into())))
+        .await
+        .map_err(|e| e.to_string())?;
+    requests
+        .send(send(R::EndOfAudio(EndOfAudio {})))
+        .await
+        .map_err(|e| e.to_string())?;
+    until(
+        &mut events,
+        "the final transcript",
+        |e| matches!(e, Event::Transcript(t) if t.is_final),
+    )
+    .await?;
+    Ok((spoken, started.elapsed()))
+}
+
+/// Converse, with one of two TTS and one of two STT workers frozen at once:
+/// its speaking and its listening turns each stay within the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_converse_turn_succeeds_in_bound_with_one_of_two_workers_of_each_kind_frozen() {
+    let tts_ok = tone_worker(WorkerArgs::tone_for_tests()).await;
+    let tts_victim = tone_worker(WorkerArgs::tone_for_tests()).await;
+    let tts_proxy = FreezableProxy::start(tts_victim.running.addr).await;
+    let stt_ok = fake_stt(FakeStt::default()).await;
+    let stt_victim = fake_stt(FakeStt::default()).await;
+    let stt_proxy = FreezableProxy::start(stt_victim.addr).await;
+    let orch = orchestrator(Args {
+        tts: format!("{},{}", tts_ok.address(), tts_proxy.address()),
+        stt: format!("{},{}", stt_ok.address(), stt_proxy.address()),
+        ..Args::for_tests()
+    })
+    .await;
+    orch.wait_tts("both SERVING", |all| serving_count(all) == 2)
+        .await;
+    wait_pool(orch.stt_pool(), "both SERVING", |all| {
+        serving_count(all) == 2
+    })
+    .await;
+    let conversations = |tag: &'static str| {
+        let channel = orch.channel.clone();
+        async move {
+            let mut tasks = Vec::new();
+            for i in 0..ROUND {
+                tasks.push(tokio::spawn(converse_turns(
+                    channel.clone(),
+                    format!("{tag}-{i}"),
+                )));
+            }
+            let mut slowest = (Duration::ZERO, Duration::ZERO);
+            for task in tasks {
+                let (say, listen) = task
+                    .await
+                    .expect("join")
+                    .unwrap_or_else(|e| panic!("{tag}: a Converse turn failed: {e}"));
+                assert!(say <= TURN_BOUND, "{tag}: a say turn took {say:?}");
+                assert!(
+                    listen <= TURN_BOUND,
+                    "{tag}: a listening turn took {listen:?}"
+                );
+                slowest = (slowest.0.max(say), slowest.1.max(listen));
+            }
+            eprintln!(
+                "{tag}: {ROUND} conversations, slowest say {:?}, listen {:?}",
+                slowest.0, slowest.1
+            );
+        }
+    };
+    conversations("warm").await;
+    tts_proxy.freeze();
+    stt_proxy.freeze();
+    conversations("at-freeze").await;
+    conversations("frozen").await;
+    tts_proxy.thaw();
+    stt_proxy.thaw();
+}
