@@ -69,6 +69,9 @@ struct Inner {
     nonce: String,
     next_id: AtomicU64,
     drain: Option<DrainTrigger>,
+    /// How long a property may go on drawing new inputs (`None`: all of
+    /// them): a slow honest worker gets fewer inputs, not a failure.
+    input_budget: Option<Duration>,
     /// Set when the case is over (its deadline passed): a property stops.
     cancelled: tokio::sync::watch::Sender<bool>,
     /// TTS sessions the case opened and has not ended: ended for it when
@@ -84,6 +87,7 @@ impl Ctx {
         seed: u64,
         cases: u32,
         drain: Option<DrainTrigger>,
+        input_budget: Option<Duration>,
     ) -> Ctx {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -97,6 +101,7 @@ impl Ctx {
                 nonce: format!("{:x}{:x}", std::process::id(), nanos),
                 next_id: AtomicU64::new(1),
                 drain,
+                input_budget,
                 cancelled: tokio::sync::watch::channel(false).0,
                 open_sessions: std::sync::Mutex::new(std::collections::BTreeSet::new()),
             }),
@@ -141,6 +146,10 @@ impl Ctx {
         // Dropping the set cancels what has not answered by then.
         let _ =
             tokio::time::timeout(PROMPT, async { while ends.join_next().await.is_some() {} }).await;
+    }
+
+    pub(crate) fn input_budget(&self) -> Option<Duration> {
+        self.inner.input_budget
     }
 
     pub(crate) fn is_cancelled(&self) -> bool {

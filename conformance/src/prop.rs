@@ -94,6 +94,7 @@ where
 {
     let handle = tokio::runtime::Handle::current();
     let (seed, cases, case_id) = (ctx.seed(), ctx.cases(), ctx.case_id());
+    let budget = ctx.input_budget();
     let ctx = ctx.clone();
     // The runner's API is synchronous; it runs on a blocking thread and
     // drives each async probe on the caller's runtime.
@@ -102,9 +103,17 @@ where
         let checked = AtomicUsize::new(0);
         let blocked: Mutex<Option<String>> = Mutex::new(None);
         let failed_at: Mutex<Option<std::time::Instant>> = Mutex::new(None);
+        let started = std::time::Instant::now();
+        let mut drawn = cases;
         for i in 0..cases {
             if ctx.is_cancelled() {
                 // The case is over (its deadline passed): no more inputs.
+                break;
+            }
+            if i > 0 && budget.is_some_and(|budget| started.elapsed() >= budget) {
+                // A slow worker: the inputs that fit were checked; more
+                // would run into the case deadline and fail an honest worker.
+                drawn = i;
                 break;
             }
             let input_seed = seed.wrapping_add(u64::from(i));
@@ -173,14 +182,19 @@ where
         }
         let checked = checked.load(Ordering::Relaxed);
         let blocked = blocked.into_inner().unwrap_or_else(|e| e.into_inner());
+        let short = if drawn < cases {
+            format!(" (of {cases}: the rest did not fit in half the case timeout)")
+        } else {
+            String::new()
+        };
         match (checked, blocked) {
             (0, Some(why)) => Ok(Verdict::Skip(format!(
                 "inconclusive: no input reached the check ({why})"
             ))),
             (n, Some(why)) => Ok(Verdict::Pass(Some(format!(
-                "{n} inputs checked; some inputs were blocked ({why})"
+                "{n} inputs checked{short}; some inputs were blocked ({why})"
             )))),
-            (n, None) => Ok(Verdict::Pass(Some(format!("{n} inputs checked")))),
+            (n, None) => Ok(Verdict::Pass(Some(format!("{n} inputs checked{short}")))),
         }
     });
     run.await

@@ -298,7 +298,7 @@ pub async fn record(config: &RecordConfig) -> Result<Golden, RegressError> {
     })?;
     let mut cases = Vec::new();
     for (id, source) in RECORDED {
-        let ctx = Ctx::new(channel.clone(), id, config.seed, config.cases, None);
+        let ctx = Ctx::new(channel.clone(), id, config.seed, config.cases, None, None);
         let worker_err = |failure| RegressError::Worker {
             case: id.to_string(),
             failure,

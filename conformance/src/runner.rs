@@ -229,6 +229,9 @@ pub async fn run(config: &RunConfig) -> Result<Report, RunError> {
             config.seed,
             config.cases,
             config.drain.clone(),
+            // Half the case's time for drawing inputs: the input under way
+            // when it runs out still has the other half to finish.
+            Some(config.case_timeout / 2),
         );
         let started = Instant::now();
         let subsumed_by = crate::catalogue::SUBSUMED
