@@ -183,7 +183,7 @@ where
         let checked = checked.load(Ordering::Relaxed);
         let blocked = blocked.into_inner().unwrap_or_else(|e| e.into_inner());
         let short = if drawn < cases {
-            format!(" (of {cases}: the rest did not fit in half the case timeout)")
+            format!(" (of {cases}: the rest did not fit in a third of the case timeout)")
         } else {
             String::new()
         };
