@@ -178,6 +178,9 @@ static CATALOGUE: &[CaseDef] = &[
     case!("tts/text/chunk-session", Tts, Must, Some(Rule::TtsChunkSession),
         "A TextChunk naming another session than the call's first fails INVALID_ARGUMENT.",
         tts::chunk_session),
+    case!("tts/text/final-ends-input", Tts, Must, None,
+        "A chunk with is_final ends the input as a half-close does: the call ends (final frame, OK) while the client's request stream stays open.",
+        tts::final_ends_input),
     case!("tts/text/limit", Tts, Must, Some(Rule::TtsTextLimit),
         "Text of exactly max_text_chars is spoken; one character more fails INVALID_ARGUMENT.",
         tts::text_limit),
@@ -287,6 +290,13 @@ static CATALOGUE: &[CaseDef] = &[
         stt::health_drain),
 ];
 
+/// Cases skipped when another case of the same rule, run before them,
+/// already failed: (case, the case that checks its rule more directly). A
+/// worker that buffers until the end of input fails both streaming cases for
+/// one reason; the report names it once.
+pub const SUBSUMED: &[(&str, &str)] =
+    &[("tts/stream/latency-flat", "tts/stream/early-first-frame")];
+
 /// Every case, TTS first, in a stable order.
 pub fn catalogue() -> &'static [CaseDef] {
     CATALOGUE
@@ -327,6 +337,18 @@ mod tests {
                 .id
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c == '/' || c == '-'));
+        }
+    }
+
+    #[test]
+    fn a_subsumed_case_runs_after_the_case_that_subsumes_it_and_shares_its_rule() {
+        let index = |id: &str| catalogue().iter().position(|c| c.id == id);
+        for (case, by) in SUBSUMED {
+            let (Some(case_at), Some(by_at)) = (index(case), index(by)) else {
+                panic!("{case} or {by} is not in the catalogue");
+            };
+            assert!(by_at < case_at, "{by} must run before {case}");
+            assert_eq!(catalogue()[case_at].rule, catalogue()[by_at].rule);
         }
     }
 

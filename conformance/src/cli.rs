@@ -84,6 +84,10 @@ pub struct RunArgs {
     /// Seed of the generated inputs (default: from the clock, printed).
     #[arg(long, env = "VOXWIRE_SEED")]
     pub seed: Option<u64>,
+    /// The longest one case may take, in seconds: past it the case fails
+    /// "no answer within N s" and the run goes on.
+    #[arg(long, env = "VOXWIRE_CASE_TIMEOUT", default_value_t = runner::DEFAULT_CASE_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    pub case_timeout: u64,
     /// Also write the report as JSON.
     #[arg(long, env = "VOXWIRE_JSON")]
     pub json: Option<PathBuf>,
@@ -181,6 +185,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     config.skip = args.skip.as_deref().map(Glob::new);
     config.cases = args.cases.max(1);
     config.seed = args.seed.unwrap_or_else(clock_seed);
+    config.case_timeout = Duration::from_secs(args.case_timeout);
     if let Some(path) = &args.known_failing {
         config.known_failing = runner::parse_known_failing(&read(path)?)?;
     }
@@ -197,10 +202,11 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Some(worker)
     };
     eprintln!(
-        "conformance: {} cases against {} (seed {})",
+        "conformance: {} cases against {} (seed {}, at most {} s per case)",
         config.selected().len(),
         config.target,
-        config.seed
+        config.seed,
+        args.case_timeout
     );
     let report = runner::run(&config).await;
     if let Some(worker) = worker {

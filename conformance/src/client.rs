@@ -69,6 +69,15 @@ struct Inner {
     nonce: String,
     next_id: AtomicU64,
     drain: Option<DrainTrigger>,
+    /// How long a property may go on drawing new inputs (`None`: all of
+    /// them): a slow honest worker gets fewer inputs, not a failure.
+    input_budget: Option<Duration>,
+    /// Set when the case is over (its deadline passed): a property stops.
+    cancelled: tokio::sync::watch::Sender<bool>,
+    /// TTS sessions the case opened and has not ended: ended for it when
+    /// the case is stopped at its deadline, so they do not fill the worker
+    /// for the cases after it.
+    open_sessions: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Ctx {
@@ -78,6 +87,7 @@ impl Ctx {
         seed: u64,
         cases: u32,
         drain: Option<DrainTrigger>,
+        input_budget: Option<Duration>,
     ) -> Ctx {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -91,8 +101,59 @@ impl Ctx {
                 nonce: format!("{:x}{:x}", std::process::id(), nanos),
                 next_id: AtomicU64::new(1),
                 drain,
+                input_budget,
+                cancelled: tokio::sync::watch::channel(false).0,
+                open_sessions: std::sync::Mutex::new(std::collections::BTreeSet::new()),
             }),
         }
+    }
+
+    /// Ends the case: see [`Ctx::cancelled`].
+    pub(crate) fn cancel(&self) {
+        self.inner.cancelled.send_replace(true);
+    }
+
+    /// Resolves once the case is over (its deadline passed, or it ended).
+    pub(crate) async fn cancelled(&self) {
+        let mut cancelled = self.inner.cancelled.subscribe();
+        // The sender lives in `inner`, which this borrow keeps alive.
+        let _ = cancelled.wait_for(|c| *c).await;
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<String>> {
+        self.inner
+            .open_sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A session this case opened (see [`Ctx::end_open_sessions`]).
+    pub(crate) fn track_session(&self, id: &str) {
+        self.sessions().insert(id.to_string());
+    }
+
+    /// Ends, best effort and all at once within [`PROMPT`], the sessions
+    /// the case left open (it was stopped before its own clean-up).
+    pub(crate) async fn end_open_sessions(&self) {
+        let ids: Vec<String> = std::mem::take(&mut *self.sessions()).into_iter().collect();
+        let mut ends = tokio::task::JoinSet::new();
+        for session_id in ids {
+            let mut client = self.tts();
+            ends.spawn(async move {
+                let _ = client.end_session(EndSessionRequest { session_id }).await;
+            });
+        }
+        // Dropping the set cancels what has not answered by then.
+        let _ =
+            tokio::time::timeout(PROMPT, async { while ends.join_next().await.is_some() {} }).await;
+    }
+
+    pub(crate) fn input_budget(&self) -> Option<Duration> {
+        self.inner.input_budget
+    }
+
+    pub(crate) fn is_cancelled(&self) -> bool {
+        *self.inner.cancelled.borrow()
     }
 
     pub(crate) fn case_id(&self) -> &'static str {
@@ -180,6 +241,7 @@ pub(crate) fn expect_code<T: std::fmt::Debug>(
 }
 
 pub(crate) async fn start_tts_session(ctx: &Ctx, id: &str) -> Result<(), Failure> {
+    ctx.track_session(id);
     must_ok(
         &format!("StartSession({id:?})"),
         ctx.tts().start_session(StartSessionRequest {
@@ -194,6 +256,7 @@ pub(crate) async fn start_tts_session(ctx: &Ctx, id: &str) -> Result<(), Failure
 /// Ends a session the case opened. Best effort: the case's verdict is already
 /// made, and a worker that fails EndSession fails tts/session/end-idempotent.
 pub(crate) async fn end_tts_session(ctx: &Ctx, id: &str) {
+    ctx.sessions().remove(id);
     let _ = tokio::time::timeout(
         PROMPT,
         ctx.tts().end_session(EndSessionRequest {

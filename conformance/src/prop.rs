@@ -28,7 +28,13 @@ pub(crate) type ProbeFuture = Pin<Box<dyn Future<Output = Result<Probe, Failure>
 
 /// Shrinking re-runs gRPC calls: bounded so one failure costs seconds, not minutes.
 const MAX_SHRINK_ITERS: u32 = 48;
-const MAX_SHRINK_MS: u32 = 30_000;
+const MAX_SHRINK_MS: u32 = 20_000;
+/// The time shrinking may take in all, calls included: proptest checks its
+/// own limit only between runs, and one run against a silent worker lasts
+/// a whole call deadline. Past it (or once the case is cancelled) the
+/// remaining shrink steps are not run, and the smallest failing input so
+/// far is the one reported.
+const SHRINK_BUDGET: std::time::Duration = std::time::Duration::from_millis(MAX_SHRINK_MS as u64);
 
 fn rng(seed: u64, case_id: &str) -> TestRng {
     // FNV-1a of the id: different cases draw different inputs from one seed.
@@ -88,19 +94,54 @@ where
 {
     let handle = tokio::runtime::Handle::current();
     let (seed, cases, case_id) = (ctx.seed(), ctx.cases(), ctx.case_id());
+    let budget = ctx.input_budget();
+    let ctx = ctx.clone();
     // The runner's API is synchronous; it runs on a blocking thread and
     // drives each async probe on the caller's runtime.
     let run = tokio::task::spawn_blocking(move || {
         let strategy = make();
         let checked = AtomicUsize::new(0);
         let blocked: Mutex<Option<String>> = Mutex::new(None);
+        let failed_at: Mutex<Option<std::time::Instant>> = Mutex::new(None);
+        let started = std::time::Instant::now();
+        let mut drawn = cases;
         for i in 0..cases {
+            if ctx.is_cancelled() {
+                // The case is over (its deadline passed): no more inputs.
+                break;
+            }
+            if i > 0 && budget.is_some_and(|budget| started.elapsed() >= budget) {
+                // A slow worker: the inputs that fit were checked; more
+                // would run into the case deadline and fail an honest worker.
+                drawn = i;
+                break;
+            }
             let input_seed = seed.wrapping_add(u64::from(i));
             let mut runner = TestRunner::new_with_rng(config(), rng(input_seed, case_id));
             let last: Arc<Mutex<Option<Failure>>> = Arc::new(Mutex::new(None));
             let result = runner.run(&strategy, |value| {
+                let left = failed_at
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .map(|at| SHRINK_BUDGET.saturating_sub(at.elapsed()));
+                if ctx.is_cancelled() || left.is_some_and(|left| left.is_zero()) {
+                    // Not run: to the shrinker this input does not fail, so
+                    // it keeps the smallest failing one and soon stops.
+                    return Ok(());
+                }
                 let input = format!("{value:?}");
-                match handle.block_on(test(value)) {
+                let probe = test(value);
+                let outcome = handle.block_on(async {
+                    tokio::select! {
+                        outcome = probe => Some(outcome),
+                        () = ctx.cancelled() => None,
+                        () = sleep_or_pending(left) => None,
+                    }
+                });
+                let Some(outcome) = outcome else {
+                    return Ok(());
+                };
+                match outcome {
                     Ok(Probe::Checked) => {
                         checked.fetch_add(1, Ordering::Relaxed);
                         Ok(())
@@ -110,6 +151,10 @@ where
                         Ok(())
                     }
                     Err(failure) => {
+                        failed_at
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get_or_insert_with(std::time::Instant::now);
                         let reason = failure.to_string();
                         // Shrinking keeps the last failing input as the
                         // current minimum, so the last failure stored is the
@@ -137,16 +182,29 @@ where
         }
         let checked = checked.load(Ordering::Relaxed);
         let blocked = blocked.into_inner().unwrap_or_else(|e| e.into_inner());
+        let short = if drawn < cases {
+            format!(" (of {cases}: the rest did not fit in a third of the case timeout)")
+        } else {
+            String::new()
+        };
         match (checked, blocked) {
             (0, Some(why)) => Ok(Verdict::Skip(format!(
                 "inconclusive: no input reached the check ({why})"
             ))),
             (n, Some(why)) => Ok(Verdict::Pass(Some(format!(
-                "{n} inputs checked; some inputs were blocked ({why})"
+                "{n} inputs checked{short}; some inputs were blocked ({why})"
             )))),
-            (n, None) => Ok(Verdict::Pass(Some(format!("{n} inputs checked")))),
+            (n, None) => Ok(Verdict::Pass(Some(format!("{n} inputs checked{short}")))),
         }
     });
     run.await
         .map_err(|e| Failure::new("the case to run to its end", format!("it panicked: {e}")))?
+}
+
+/// Sleeps `left`, or for ever when there is no limit.
+async fn sleep_or_pending(left: Option<std::time::Duration>) {
+    match left {
+        Some(left) => tokio::time::sleep(left).await,
+        None => std::future::pending().await,
+    }
 }

@@ -73,6 +73,13 @@ pub fn human(report: &Report) -> String {
         report.count(Standing::Skip),
         if report.passed() { "CONFORMS" } else { "DOES NOT CONFORM" }
     );
+    let _ = writeln!(
+        out,
+        "{} case(s) in {:.1} s (--case-timeout {} s)",
+        report.results.len(),
+        report.duration_ms / 1000.0,
+        report.case_timeout_s
+    );
     out
 }
 

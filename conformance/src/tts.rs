@@ -419,7 +419,10 @@ async fn capacity_inner(ctx: &Ctx, max: i32, open: &mut Vec<String>) -> CaseResu
         )
         .await?;
         match answer {
-            Ok(_) => open.push(id),
+            Ok(_) => {
+                ctx.track_session(&id);
+                open.push(id);
+            }
             Err(status) => {
                 return Err(Failure::new(
                     format!("{max} sessions (max_concurrent_sessions) to open"),
@@ -442,6 +445,7 @@ async fn capacity_inner(ctx: &Ctx, max: i32, open: &mut Vec<String>) -> CaseResu
     )
     .await?;
     if answer.is_ok() {
+        ctx.track_session(&extra);
         open.push(extra);
     }
     expect_code(
@@ -614,6 +618,84 @@ pub(crate) async fn text_limit(ctx: Ctx) -> CaseResult {
 
 /// How long the first frame may take once a sentence is complete.
 const EARLY_WAIT: Duration = Duration::from_secs(5);
+/// How long a failing streaming case waits, once it closed the input, to
+/// tell a worker that buffers from one that does not answer.
+const AFTER_CLOSE_WAIT: Duration = Duration::from_secs(10);
+/// How long a short call may take to end after its is_final chunk.
+const FINAL_ENDS_WAIT: Duration = Duration::from_secs(10);
+
+/// The client ends its input with is_final and keeps its request stream
+/// open: a worker MUST treat that as it treats a half-close
+/// (docs/protocol.md, TTS sessions and requests). One that waits for the
+/// half-close never answers such a client.
+pub(crate) async fn final_ends_input(ctx: Ctx) -> CaseResult {
+    with_session(ctx, |ctx, session| async move {
+        let (tx, rx) = mpsc::channel(1);
+        let _ = tx
+            .send(TextChunk {
+                session_id: session.clone(),
+                text: "The input ends here.".to_string(),
+                is_final: true,
+                sequence_number: 1,
+            })
+            .await;
+        let started = Instant::now();
+        // `tx` stays alive: the request stream is not half-closed.
+        let opened =
+            tokio::time::timeout(FINAL_ENDS_WAIT, ctx.tts().synthesize(ReceiverStream::new(rx)))
+                .await;
+        let mut frames = Vec::new();
+        let (end, stream) = match opened {
+            Err(_) => (End::Timeout, None),
+            Ok(Err(status)) => (End::Status(status), None),
+            Ok(Ok(response)) => {
+                let mut stream = response.into_inner();
+                let end = drain(&mut stream, started, &mut frames, FINAL_ENDS_WAIT).await;
+                (end, Some(stream))
+            }
+        };
+        if matches!(end, End::Timeout) {
+            let held = frames.len();
+            drop(tx);
+            let closed = Instant::now();
+            let after = match stream {
+                Some(mut stream) => {
+                    let end = drain(&mut stream, started, &mut frames, FINAL_ENDS_WAIT + AFTER_CLOSE_WAIT).await;
+                    match end {
+                        End::Ok if frames.len() > held => format!(
+                            "; after the half-close {} frame(s) came within {:?}: the worker waits \
+                             for the half-close, not for is_final",
+                            frames.len() - held,
+                            closed.elapsed()
+                        ),
+                        End::Ok => "; after the half-close the call ended".to_string(),
+                        End::Status(status) => format!("; after the half-close: {}", status_text(&status)),
+                        End::Timeout => "; nor after the half-close".to_string(),
+                    }
+                }
+                None => "; not even the response headers came".to_string(),
+            };
+            return Err(Failure::new(
+                "the call to end (final frame, OK) once a chunk with is_final arrived, the request stream still open",
+                format!(
+                    "{held} frame(s) and no end within {} s while the request stream stayed open{after}",
+                    FINAL_ENDS_WAIT.as_secs()
+                ),
+            )
+            .with_trace(trace(&frames), None));
+        }
+        drop(tx);
+        let call = TtsCall { frames, end };
+        valid(&session, "the call ended by is_final", &call)?;
+        ensure(
+            call.data_frames() > 0,
+            "the call ended by is_final to carry audio",
+            "no data frame",
+        )?;
+        pass()
+    })
+    .await
+}
 
 pub(crate) async fn early_first_frame(ctx: Ctx) -> CaseResult {
     with_session(ctx, |ctx, session| async move {
@@ -647,13 +729,32 @@ pub(crate) async fn early_first_frame(ctx: Ctx) -> CaseResult {
                 ))
             }
             Err(_) => {
+                // Say what the worker waits for: end the input and time it.
+                let _ = tx.send(chunk(" And the second one.", true, 2)).await;
+                drop(tx);
+                let closed = Instant::now();
+                let after = match tokio::time::timeout(AFTER_CLOSE_WAIT, stream.next()).await {
+                    Ok(Some(Ok(_))) => format!(
+                        "; the first frame came {:?} after the input closed: the worker holds \
+                         its audio until the end of input",
+                        closed.elapsed()
+                    ),
+                    Ok(Some(Err(status))) => {
+                        format!("; once the input closed: {}", status_text(&status))
+                    }
+                    Ok(None) => "; the stream then ended with no frame".to_string(),
+                    Err(_) => format!(
+                        "; none within {} s after the input closed either",
+                        AFTER_CLOSE_WAIT.as_secs()
+                    ),
+                };
                 return Err(Failure::new(
                     "a frame once the first sentence is complete, before the input ends",
                     format!(
-                        "no frame within {} s while the input stayed open",
+                        "no frame within {} s while the input stayed open{after}",
                         EARLY_WAIT.as_secs()
                     ),
-                ))
+                ));
             }
         };
         let latency = started.elapsed();

@@ -265,3 +265,35 @@ async fn regress_records_compares_and_exits_non_zero_on_a_difference() {
     assert_eq!(differs.status.code(), Some(1), "{}", stdout(&differs));
     assert!(stdout(&differs).contains("frames:"), "{}", stdout(&differs));
 }
+
+/// The "done when": `conformance tts --target` with its defaults
+/// against a worker that holds every frame until the half-close ends within
+/// 180 s, names TTS-STREAM-EARLY on one FAIL line, prints the run's total
+/// time, and exits non-zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_run_against_a_worker_buffering_until_half_close_is_bounded() {
+    let worker = faulty_tts::start(TtsFault::BufferUntilHalfClose).await;
+    let started = std::time::Instant::now();
+    let output = conformance(
+        args(&["tts", "--target", &worker.addr.to_string(), "--seed", "7"]),
+        Vec::new(),
+    )
+    .await;
+    let took = started.elapsed();
+    let text = stdout(&output);
+    eprintln!("{text}");
+    assert!(took < std::time::Duration::from_secs(180), "took {took:?}");
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    let early: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("FAIL") && l.contains("TTS-STREAM-EARLY"))
+        .collect();
+    assert_eq!(early.len(), 1, "{text}");
+    assert!(text.contains("after the input closed"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("FAIL") && l.contains("tts/text/final-ends-input")),
+        "{text}"
+    );
+    assert!(text.contains("case(s) in "), "the total time: {text}");
+}

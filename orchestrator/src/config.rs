@@ -118,6 +118,30 @@ pub struct Args {
     /// probed that way for workers without grpc.health.v1), in milliseconds.
     #[arg(long, env = "VOXWIRE_LOAD_POLL_MS", default_value_t = 1_000)]
     pub load_poll_ms: u64,
+    /// Deadline of a load poll (GetCapabilities) and of a health Watch's
+    /// first status, in milliseconds: a worker silent past it is
+    /// UNRESPONSIVE (a stopped or wedged process keeps its TCP connection).
+    #[arg(long, env = "VOXWIRE_LOAD_POLL_TIMEOUT_MS", default_value_t = 1_000)]
+    pub load_poll_timeout_ms: u64,
+    /// HTTP/2 keepalive: a PING on every worker connection after this long
+    /// without a frame from the worker, in milliseconds.
+    #[arg(long, env = "VOXWIRE_KEEPALIVE_INTERVAL_MS", default_value_t = 500)]
+    pub keepalive_interval_ms: u64,
+    /// HTTP/2 keepalive: a PING unanswered this long closes the connection
+    /// (its turns fail over, the endpoint reconnects), in milliseconds.
+    #[arg(long, env = "VOXWIRE_KEEPALIVE_TIMEOUT_MS", default_value_t = 500)]
+    pub keepalive_timeout_ms: u64,
+    /// Shortest deadline for a worker's first answer of an attempt
+    /// (StartSession, the first frame, Recognize's response), in
+    /// milliseconds. The deadline is 3x the worker's recent p95 first-frame
+    /// latency between this floor and --attempt-deadline-cap-ms; past it the
+    /// attempt moves to another SERVING worker when there is one.
+    #[arg(long, env = "VOXWIRE_ATTEMPT_DEADLINE_FLOOR_MS", default_value_t = 750)]
+    pub attempt_deadline_floor_ms: u64,
+    /// Longest such deadline, in milliseconds (also the deadline of a worker
+    /// with no latency measured yet).
+    #[arg(long, env = "VOXWIRE_ATTEMPT_DEADLINE_CAP_MS", default_value_t = 3_000)]
+    pub attempt_deadline_cap_ms: u64,
     /// Concurrent turns per worker when it reports no max_sessions.
     #[arg(long, env = "VOXWIRE_DEFAULT_WORKER_CAPACITY", default_value_t = 64)]
     pub default_worker_capacity: usize,
@@ -241,6 +265,11 @@ impl Args {
             stream_timeout_seconds: 60,
             client_lag_seconds: 10,
             load_poll_ms: 100,
+            load_poll_timeout_ms: 1_000,
+            keepalive_interval_ms: 500,
+            keepalive_timeout_ms: 500,
+            attempt_deadline_floor_ms: 750,
+            attempt_deadline_cap_ms: 3_000,
             default_worker_capacity: 64,
             registry_token: None,
             registry_token_file: None,
@@ -336,6 +365,11 @@ pub struct EndpointSettings {
     pub connect_timeout: Duration,
     pub call_timeout: Duration,
     pub load_poll: Duration,
+    /// See `--load-poll-timeout-ms`.
+    pub load_poll_timeout: Duration,
+    /// HTTP/2 keepalive PING interval and timeout.
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
     pub default_capacity: usize,
     /// TLS to workers (mutual when it carries a client certificate).
     pub tls: Option<ClientTls>,
@@ -372,6 +406,32 @@ pub struct DispatchSettings {
     pub stream_timeout: Duration,
     /// See `--client-lag-seconds`.
     pub client_lag: Duration,
+    /// Bounds of the per-worker deadline for an attempt's first answer.
+    pub attempt_deadline: AttemptDeadline,
+}
+
+/// The deadline for a worker's first answer of an attempt, from what that
+/// worker usually takes: [`AttemptDeadline::FACTOR`] times its recent p95
+/// first-frame latency, clamped to `floor..=cap`; `cap` when nothing was
+/// measured yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptDeadline {
+    pub floor: Duration,
+    pub cap: Duration,
+}
+
+impl AttemptDeadline {
+    /// How far past its usual p95 a worker may be before the attempt moves:
+    /// enough that an honest worker's slow tail does not move (and so
+    /// redo) its turns, small against the cost of a frozen one.
+    pub const FACTOR: u32 = 3;
+
+    pub fn for_p95(&self, p95: Option<Duration>) -> Duration {
+        match p95 {
+            Some(p95) => (p95 * Self::FACTOR).clamp(self.floor, self.cap),
+            None => self.cap,
+        }
+    }
 }
 
 /// The OpenAI-compatible audio API (`crate::openai`).
@@ -489,6 +549,12 @@ impl Settings {
                 connect_timeout: positive(args.connect_timeout_ms, "--connect-timeout-ms")?,
                 call_timeout: positive(args.call_timeout_ms, "--call-timeout-ms")?,
                 load_poll: positive(args.load_poll_ms, "--load-poll-ms")?,
+                load_poll_timeout: positive(args.load_poll_timeout_ms, "--load-poll-timeout-ms")?,
+                keepalive_interval: positive(
+                    args.keepalive_interval_ms,
+                    "--keepalive-interval-ms",
+                )?,
+                keepalive_timeout: positive(args.keepalive_timeout_ms, "--keepalive-timeout-ms")?,
                 default_capacity: args.default_worker_capacity,
                 tls: ClientTls::from_flags(
                     args.worker_tls_ca.as_deref(),
@@ -511,6 +577,14 @@ impl Settings {
                     args.client_lag_seconds.saturating_mul(1_000),
                     "--client-lag-seconds",
                 )?,
+                attempt_deadline: AttemptDeadline {
+                    floor: positive(
+                        args.attempt_deadline_floor_ms,
+                        "--attempt-deadline-floor-ms",
+                    )?,
+                    cap: positive(args.attempt_deadline_cap_ms, "--attempt-deadline-cap-ms")?
+                        .max(Duration::from_millis(args.attempt_deadline_floor_ms)),
+                },
             },
             registry: RegistrySettings {
                 token: registry_token,
@@ -621,6 +695,25 @@ mod tests {
             Settings::from_args(&bad),
             Err(ConfigError::RegistryAllow(_))
         ));
+    }
+
+    #[test]
+    fn the_attempt_deadline_follows_the_worker_within_its_bounds() {
+        let bounds = AttemptDeadline {
+            floor: Duration::from_millis(750),
+            cap: Duration::from_millis(3_000),
+        };
+        assert_eq!(bounds.for_p95(None), bounds.cap, "nothing measured yet");
+        assert_eq!(
+            bounds.for_p95(Some(Duration::from_millis(5))),
+            bounds.floor,
+            "a fast worker gets the floor"
+        );
+        assert_eq!(
+            bounds.for_p95(Some(Duration::from_millis(400))),
+            Duration::from_millis(1_200)
+        );
+        assert_eq!(bounds.for_p95(Some(Duration::from_secs(5))), bounds.cap);
     }
 
     #[test]

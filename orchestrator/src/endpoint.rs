@@ -2,7 +2,7 @@
 //! readiness from the `grpc.health.v1` Watch stream (or, for workers without
 //! a health service, GetCapabilities probes), and its reported load.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -144,6 +144,10 @@ pub const STREAM_WINDOW: u32 = 65_535;
 /// connection: above any worker's --max-sessions default.
 pub const CONNECTION_STREAMS: u32 = 256;
 
+/// First-answer latencies kept per endpoint: enough for a p95 that follows
+/// a change of load within a few dozen turns.
+const LATENCY_SAMPLES: usize = 64;
+
 /// Shared by the pool (selection), dispatch (the channel) and the monitor task.
 #[derive(Debug)]
 pub struct Endpoint {
@@ -152,6 +156,9 @@ pub struct Endpoint {
     inner: Mutex<Inner>,
     in_flight: AtomicUsize,
     dispatched: AtomicU64,
+    /// The latest first-answer latencies of turns here (oldest first): what
+    /// this worker normally takes, for the attempt deadline.
+    first_answers: Mutex<VecDeque<Duration>>,
     default_capacity: usize,
     /// Bumped on every change that can make a waiting turn dispatchable.
     changed: Arc<watch::Sender<u64>>,
@@ -198,6 +205,7 @@ impl Endpoint {
             }),
             in_flight: AtomicUsize::new(0),
             dispatched: AtomicU64::new(0),
+            first_answers: Mutex::new(VecDeque::with_capacity(LATENCY_SAMPLES)),
             default_capacity: settings.default_capacity,
             changed,
             metrics,
@@ -272,6 +280,29 @@ impl Endpoint {
             .unwrap_or(0.5);
         let queued = inner.load.queued_requests.unwrap_or(0.0) / capacity;
         reported + queued + self.in_flight() as f64 / capacity
+    }
+
+    /// A turn here got its first answer (first frame, or Recognize's
+    /// response) `latency` after it could have: what the attempt deadline
+    /// of later turns is derived from.
+    pub fn record_first_answer(&self, latency: Duration) {
+        let mut samples = lock(&self.first_answers);
+        if samples.len() == LATENCY_SAMPLES {
+            samples.pop_front();
+        }
+        samples.push_back(latency);
+    }
+
+    /// The 95th percentile of the recent first-answer latencies; `None`
+    /// before any turn here got one.
+    pub fn first_answer_p95(&self) -> Option<Duration> {
+        let mut samples: Vec<Duration> = lock(&self.first_answers).iter().copied().collect();
+        if samples.is_empty() {
+            return None;
+        }
+        samples.sort_unstable();
+        let rank = (samples.len() * 95).div_ceil(100).max(1) - 1;
+        samples.get(rank).copied()
     }
 
     pub(crate) fn begin_turn(&self) {
@@ -414,8 +445,16 @@ impl Endpoint {
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(STREAM_WINDOW * CONNECTION_STREAMS)
             .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5))
+            // A stopped or wedged worker keeps its TCP connection open, and
+            // nothing on it answers: the PING's deadline closes it, so its
+            // turns fail over (before their first frame) within about
+            // interval + timeout instead of waiting out their own deadlines.
+            // Not while idle: gRPC C-core servers (the Python fleet) count
+            // PINGs on a connection without calls as abuse; ours always
+            // carry the health Watch.
+            .http2_keep_alive_interval(settings.keepalive_interval)
+            .keep_alive_timeout(settings.keepalive_timeout)
+            .keep_alive_while_idle(false)
             .connect()
             .await
     }
@@ -429,12 +468,14 @@ impl Endpoint {
         let mut health = HealthClient::new(channel.clone());
         let mut service = self.kind.service_name();
         loop {
-            let mut watch = match health
-                .watch(HealthCheckRequest {
+            let opened = self.unless_silent(
+                health.watch(HealthCheckRequest {
                     service: service.to_string(),
-                })
-                .await
-            {
+                }),
+                settings,
+                "no answer to the health Watch",
+            );
+            let mut watch = match opened.await {
                 Ok(stream) => stream.into_inner(),
                 Err(status) if status.code() == Code::Unimplemented => {
                     // The existing Python fleet has no health service.
@@ -446,10 +487,22 @@ impl Endpoint {
             self.set_probe(false);
             let poll = self.poll_loop(&channel, settings);
             tokio::pin!(poll);
+            let mut first = true;
             loop {
-                let update = tokio::select! {
-                    update = watch.next() => update,
-                    reason = &mut poll => return reason,
+                let update = if first {
+                    // Watch sends the current status at once: silence here
+                    // is a worker that does not answer.
+                    first = false;
+                    let next = self.unless_silent(watch.next(), settings, "no first health status");
+                    tokio::select! {
+                        update = next => update,
+                        reason = &mut poll => return reason,
+                    }
+                } else {
+                    tokio::select! {
+                        update = watch.next() => update,
+                        reason = &mut poll => return reason,
+                    }
                 };
                 match update {
                     Some(Ok(update)) => {
@@ -468,6 +521,25 @@ impl Endpoint {
                     Some(Err(status)) => return format!("health watch ended: {status}"),
                     None => return "health watch closed".to_string(),
                 }
+            }
+        }
+    }
+
+    /// Awaits `answer`; marks the endpoint UNRESPONSIVE if it takes longer
+    /// than `--load-poll-timeout-ms`, and keeps waiting (the answer, when it
+    /// comes, says what the worker is; a poll answered clears the mark).
+    async fn unless_silent<T>(
+        &self,
+        answer: impl std::future::Future<Output = T>,
+        settings: &EndpointSettings,
+        why: &str,
+    ) -> T {
+        tokio::pin!(answer);
+        match tokio::time::timeout(settings.load_poll_timeout, &mut answer).await {
+            Ok(value) => value,
+            Err(_) => {
+                self.mark_unresponsive(&format!("{why} within {:?}", settings.load_poll_timeout));
+                answer.await
             }
         }
     }
@@ -514,24 +586,38 @@ impl Endpoint {
         channel: &Channel,
         settings: &EndpointSettings,
     ) -> Result<(), Status> {
-        let answer = match self.kind {
-            Kind::Tts => {
-                let mut request = Request::new(tts::GetCapabilitiesRequest {});
-                request.set_timeout(settings.call_timeout);
-                tts::tts_service_client::TtsServiceClient::new(channel.clone())
-                    .get_capabilities(request)
-                    .await
-                    .map(|r| r.into_inner().metrics)
-            }
-            Kind::Stt => {
-                let mut request = Request::new(stt::GetCapabilitiesRequest {});
-                request.set_timeout(settings.call_timeout);
-                stt::stt_service_client::SttServiceClient::new(channel.clone())
-                    .get_capabilities(request)
-                    .await
-                    .map(|r| r.into_inner().metrics)
+        // The deadline is kept here, not only sent: tonic reports its own
+        // client-side timeout as CANCELLED ("Timeout expired"), which reads
+        // like a call the orchestrator gave up on, not like a silent worker.
+        // The header asks a bit more, so this one always fires first.
+        let header = settings.load_poll_timeout + settings.load_poll_timeout / 2;
+        let call = async {
+            match self.kind {
+                Kind::Tts => {
+                    let mut request = Request::new(tts::GetCapabilitiesRequest {});
+                    request.set_timeout(header);
+                    tts::tts_service_client::TtsServiceClient::new(channel.clone())
+                        .get_capabilities(request)
+                        .await
+                        .map(|r| r.into_inner().metrics)
+                }
+                Kind::Stt => {
+                    let mut request = Request::new(stt::GetCapabilitiesRequest {});
+                    request.set_timeout(header);
+                    stt::stt_service_client::SttServiceClient::new(channel.clone())
+                        .get_capabilities(request)
+                        .await
+                        .map(|r| r.into_inner().metrics)
+                }
             }
         };
+        let answer = tokio::time::timeout(settings.load_poll_timeout, call)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Status::deadline_exceeded(
+                    "no answer to GetCapabilities in time",
+                ))
+            });
         // Any answer, even an error status, shows the process is alive; only
         // silence past the deadline makes it unresponsive.
         let metrics = match answer {
@@ -540,7 +626,7 @@ impl Endpoint {
                 match status.code() {
                     Code::DeadlineExceeded => self.mark_unresponsive(&format!(
                         "no answer to GetCapabilities within {:?}",
-                        settings.call_timeout
+                        settings.load_poll_timeout
                     )),
                     Code::Unavailable | Code::Cancelled | Code::Unknown => {}
                     _ => self.mark_responsive(),

@@ -144,6 +144,26 @@ impl Pool {
         lock(&self.membership).members.is_empty()
     }
 
+    /// Whether an endpoint other than `address` is SERVING and connected:
+    /// somewhere an attempt abandoned on `address` could go.
+    pub fn has_alternative(&self, address: &str) -> bool {
+        self.endpoints().iter().any(|e| {
+            e.address != address && e.state() == EndpointState::Serving && e.channel().is_some()
+        })
+    }
+
+    /// The first-answer p95 of `endpoint`, or, before it has one, the
+    /// highest of the pool's other endpoints: what a worker of this pool
+    /// normally takes. `None` while no turn anywhere got a first answer.
+    pub fn first_answer_p95(&self, endpoint: &Endpoint) -> Option<std::time::Duration> {
+        endpoint.first_answer_p95().or_else(|| {
+            self.endpoints()
+                .iter()
+                .filter_map(|e| e.first_answer_p95())
+                .max()
+        })
+    }
+
     pub fn any_serving(&self) -> bool {
         self.endpoints()
             .iter()

@@ -1,6 +1,8 @@
 //! Which failures a turn may retry: only those that say "try again, maybe
 //! elsewhere" and only before the client saw any output.
 
+use std::time::Duration;
+
 use tonic::{Code, Status};
 
 /// UNAVAILABLE (worker down or draining), RESOURCE_EXHAUSTED (worker full)
@@ -26,6 +28,30 @@ pub fn lost_worker_as_unavailable(status: Status) -> Status {
     }
 }
 
+/// Awaits a worker's first answer of an attempt (StartSession's reply,
+/// Recognize's response). Past `soft`, the deadline derived from what this
+/// worker usually takes, the attempt is abandoned when `elsewhere()` says
+/// another worker could take it; otherwise it is awaited up to `hard`, the
+/// fixed deadline: with nowhere else to go, a slow answer beats none.
+/// `Err` carries how long it waited.
+pub async fn first_answer<F: std::future::Future>(
+    answer: F,
+    soft: Duration,
+    hard: Duration,
+    elsewhere: impl Fn() -> bool,
+) -> Result<F::Output, Duration> {
+    tokio::pin!(answer);
+    if let Ok(value) = tokio::time::timeout(soft, &mut answer).await {
+        return Ok(value);
+    }
+    if elsewhere() || hard <= soft {
+        return Err(soft);
+    }
+    tokio::time::timeout(hard - soft, answer)
+        .await
+        .map_err(|_| hard)
+}
+
 /// The label a code gets in metrics.
 pub fn code_label(code: Code) -> String {
     format!("{code:?}")
@@ -34,6 +60,30 @@ pub fn code_label(code: Code) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_silent_worker_is_left_at_the_soft_deadline_only_when_another_can_take_it() {
+        let soft = Duration::from_millis(50);
+        let hard = Duration::from_millis(300);
+        let silent = std::future::pending::<()>;
+        let started = std::time::Instant::now();
+        assert_eq!(first_answer(silent(), soft, hard, || true).await, Err(soft));
+        assert!(started.elapsed() < hard, "{:?}", started.elapsed());
+        let started = std::time::Instant::now();
+        assert_eq!(
+            first_answer(silent(), soft, hard, || false).await,
+            Err(hard)
+        );
+        assert!(
+            started.elapsed() >= hard,
+            "alone: waited to the fixed deadline"
+        );
+        let slow = async {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            7
+        };
+        assert_eq!(first_answer(slow, soft, hard, || false).await, Ok(7));
+    }
 
     #[test]
     fn only_transient_codes_retry() {

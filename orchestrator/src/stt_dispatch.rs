@@ -18,7 +18,7 @@ use voxwire_proto::stt_stream::SttStreamValidator;
 use crate::config::DispatchSettings;
 use crate::metrics::{self, Metrics};
 use crate::pool::{Lease, Pool};
-use crate::retry::{code_label, is_retryable, lost_worker_as_unavailable};
+use crate::retry::{code_label, first_answer, is_retryable, lost_worker_as_unavailable};
 use crate::trace::TraceContext;
 
 pub struct SttDispatcher {
@@ -165,16 +165,31 @@ impl SttDispatcher {
         request.set_timeout(self.settings.stream_timeout);
         trace.inject(request.metadata_mut());
         let mut client = SttServiceClient::new(lease.channel.clone());
-        let mut events = match tokio::time::timeout(
-            self.settings.first_frame_timeout,
+        // Its response comes at once from a live worker (events come with
+        // speech): past what this one usually takes, the stream, replayed,
+        // goes to another worker when there is one.
+        let opened = std::time::Instant::now();
+        let soft = self
+            .settings
+            .attempt_deadline
+            .for_p95(self.pool.first_answer_p95(&lease.endpoint))
+            .min(self.settings.first_frame_timeout);
+        let mut events = match first_answer(
             client.recognize(request),
+            soft,
+            self.settings.first_frame_timeout,
+            || self.pool.has_alternative(address),
         )
         .await
         {
-            Ok(response) => response?.into_inner(),
-            Err(_) => {
+            Ok(response) => {
+                let events = response?.into_inner();
+                lease.endpoint.record_first_answer(opened.elapsed());
+                events
+            }
+            Err(waited) => {
                 return Err(Status::deadline_exceeded(format!(
-                    "worker {address} did not answer Recognize in time"
+                    "worker {address} did not answer Recognize within {waited:?}"
                 )))
             }
         };

@@ -15,9 +15,10 @@ use voxwire_proto::tts::{AudioFrame, EndSessionRequest, StartSessionRequest, Tex
 use voxwire_proto::tts_stream::TtsStreamValidator;
 
 use crate::config::DispatchSettings;
+use crate::endpoint::Endpoint;
 use crate::metrics::{self, Metrics};
 use crate::pool::{Lease, Pool};
-use crate::retry::{code_label, is_retryable, lost_worker_as_unavailable};
+use crate::retry::{code_label, first_answer, is_retryable, lost_worker_as_unavailable};
 use crate::trace::TraceContext;
 
 /// The client session's presence on a worker.
@@ -60,6 +61,9 @@ pub struct TextFeed<'a> {
     /// The client's input failed (the error above, once taken): the turn's
     /// failure is the client's, not the worker's.
     client_failed: bool,
+    /// When the input became complete: a worker's first-frame deadline runs
+    /// from here (or from its attempt's start, if later).
+    completed_at: Option<Instant>,
 }
 
 impl<'a> TextFeed<'a> {
@@ -75,6 +79,7 @@ impl<'a> TextFeed<'a> {
             rest: None,
             error: None,
             client_failed: false,
+            completed_at: Some(Instant::now()),
         }
     }
 
@@ -90,6 +95,7 @@ impl<'a> TextFeed<'a> {
             rest: (!complete).then_some(rest),
             error: None,
             client_failed: false,
+            completed_at: complete.then(Instant::now),
         }
     }
 
@@ -100,7 +106,11 @@ impl<'a> TextFeed<'a> {
     /// The next chunk from the client; `None` once the input is complete.
     async fn next(&mut self) -> Option<TextChunk> {
         let rest = self.rest.as_mut()?;
-        match rest.recv().await {
+        let next = rest.recv().await;
+        if !matches!(&next, Some(Ok(chunk)) if !chunk.is_final) {
+            self.completed_at = Some(Instant::now());
+        }
+        match next {
             Some(Ok(chunk)) => {
                 if chunk.is_final {
                     self.rest = None;
@@ -119,6 +129,56 @@ impl<'a> TextFeed<'a> {
                 None
             }
         }
+    }
+}
+
+/// The deadline of an attempt's first frame: `soft`, from what the worker
+/// usually takes, then, when no other worker could take the attempt, `hard`
+/// (--first-frame-timeout-ms). Both run from the end of input, or from the
+/// attempt's start when it began later.
+struct FirstFrame {
+    started: Instant,
+    soft: Duration,
+    hard: Duration,
+    soft_passed: bool,
+}
+
+impl FirstFrame {
+    /// When the wait for the first frame ends; `None` while the input is
+    /// still open (the worker may rightly be waiting for more text).
+    fn deadline(&self, feed: &TextFeed<'_>) -> Option<tokio::time::Instant> {
+        let from = feed.completed_at?.max(self.started);
+        let wait = if self.soft_passed {
+            self.hard
+        } else {
+            self.soft
+        };
+        Some(tokio::time::Instant::from_std(from + wait))
+    }
+
+    /// The deadline passed. True: the attempt ends now. False: no other
+    /// worker could take it, so it waits on, to the hard deadline.
+    fn expired(&mut self, elsewhere: bool) -> bool {
+        if self.soft_passed || elsewhere || self.hard <= self.soft {
+            return true;
+        }
+        self.soft_passed = true;
+        false
+    }
+
+    fn waited(&self) -> Duration {
+        if self.soft_passed {
+            self.hard
+        } else {
+            self.soft
+        }
+    }
+
+    /// How long the first frame took, if it came after the input was
+    /// complete (a worker streaming early says nothing about its latency).
+    fn latency(&self, feed: &TextFeed<'_>) -> Option<Duration> {
+        let from = feed.completed_at?.max(self.started);
+        Instant::now().checked_duration_since(from)
     }
 }
 
@@ -157,6 +217,14 @@ impl TtsDispatcher {
 
     pub fn pool(&self) -> &Arc<Pool> {
         &self.pool
+    }
+
+    /// How long `endpoint` may take to give an attempt's first answer before
+    /// the attempt moves elsewhere (see [`crate::config::AttemptDeadline`]).
+    fn attempt_deadline(&self, endpoint: &Endpoint) -> Duration {
+        self.settings
+            .attempt_deadline
+            .for_p95(self.pool.first_answer_p95(endpoint))
     }
 
     /// Speaks `text` as one turn, sending frames (session id set to the
@@ -296,11 +364,18 @@ impl TtsDispatcher {
                 .pool
                 .acquire_ignoring_load(&tried, self.settings.ready_wait)
                 .await?;
-            match self.bind(&lease, binding, trace).await {
+            let bound = self.bind(&lease, binding, trace).await;
+            if let Err(status) = &bound {
+                if status.code() == Code::DeadlineExceeded {
+                    lease.endpoint.mark_unresponsive(status.message());
+                }
+            }
+            match bound {
                 Ok(_) => return Ok(()),
                 Err(status)
                     if is_retryable(status.code()) && self.settings.retry.allows_after(attempt) =>
                 {
+                    tracing::warn!(endpoint = %lease.endpoint.address, attempt, %status, "StartSession failed; trying another worker");
                     tried.push(lease.endpoint.address.clone());
                     drop(lease);
                     tokio::time::sleep(self.settings.retry.delay(attempt)).await;
@@ -387,11 +462,28 @@ impl TtsDispatcher {
                 model_id: binding.model_id.clone(),
                 options: binding.options.clone(),
             });
-            request.set_timeout(self.settings.call_timeout);
+            // A little past the deadline kept below, which so fires first:
+            // tonic reports its own timeout as CANCELLED, not retryable.
+            request.set_timeout(self.settings.call_timeout + self.settings.call_timeout / 4);
             trace.inject(request.metadata_mut());
             request
         };
-        match client.start_session(start()).await {
+        // A stopped worker never answers: past what it usually takes, the
+        // session goes to another worker instead of waiting the call out.
+        let answer = first_answer(
+            client.start_session(start()),
+            self.attempt_deadline(&lease.endpoint)
+                .min(self.settings.call_timeout),
+            self.settings.call_timeout,
+            || self.pool.has_alternative(address),
+        )
+        .await
+        .map_err(|waited| {
+            Status::deadline_exceeded(format!(
+                "worker {address} did not answer StartSession within {waited:?}"
+            ))
+        })?;
+        match answer {
             Ok(_) => {}
             Err(status) if status.code() == Code::AlreadyExists => {
                 // Left over from an earlier binding to this worker: start afresh.
@@ -417,10 +509,22 @@ impl TtsDispatcher {
         out: &mpsc::Sender<AudioFrame>,
         started: Instant,
     ) -> Result<u64, AttemptError> {
+        let attempt_started = Instant::now();
         let fresh = self.bind(lease, binding, trace).await?;
         let address = &lease.endpoint.address;
         let session_id = binding.session_id.clone();
-        let (mut frames, mut input) = match self.open_synthesize(lease, feed, trace).await {
+        let mut first = FirstFrame {
+            started: attempt_started,
+            soft: self
+                .attempt_deadline(&lease.endpoint)
+                .min(self.settings.first_frame_timeout),
+            hard: self.settings.first_frame_timeout,
+            soft_passed: false,
+        };
+        let (mut frames, mut input) = match self
+            .open_synthesize(lease, feed, trace, &mut first)
+            .await
+        {
             Err(status) if status.code() == Code::NotFound && !fresh => {
                 // The worker forgot a session opened earlier (idle reaping, a
                 // restart): open it there again, once. Not a retry of a call
@@ -428,7 +532,7 @@ impl TtsDispatcher {
                 tracing::info!(endpoint = %address, session = %session_id, "re-opening session");
                 binding.set_endpoint(None);
                 self.bind(lease, binding, trace).await?;
-                self.open_synthesize(lease, feed, trace).await?
+                self.open_synthesize(lease, feed, trace, &mut first).await?
             }
             other => other?,
         };
@@ -443,13 +547,15 @@ impl TtsDispatcher {
             };
             // Frame deadlines run once the input is complete: until then the
             // worker may rightly be waiting for more text.
-            let wait = match (feed.complete(), forwarded) {
-                (false, _) => self.settings.stream_timeout,
-                (true, 0) => self.settings.first_frame_timeout,
-                (true, _) => self.settings.frame_timeout,
+            let deadline = match (feed.complete(), forwarded) {
+                (false, _) => tokio::time::Instant::now() + self.settings.stream_timeout,
+                (true, 0) => first
+                    .deadline(feed)
+                    .unwrap_or_else(|| tokio::time::Instant::now() + first.hard),
+                (true, _) => tokio::time::Instant::now() + self.settings.frame_timeout,
             };
             let next = tokio::select! {
-                next = tokio::time::timeout(wait, frames.message()) => next,
+                next = tokio::time::timeout_at(deadline, frames.message()) => next,
                 chunk = feed.next(), if !feed.complete() => {
                     if let Some(status) = feed.error.take() {
                         return Err(fail(status));
@@ -460,10 +566,24 @@ impl TtsDispatcher {
             };
             let next = match next {
                 Ok(next) => next,
+                Err(_) if feed.complete() && forwarded == 0 => {
+                    if !first.expired(self.pool.has_alternative(address)) {
+                        continue;
+                    }
+                    return Err(fail(Status::deadline_exceeded(format!(
+                        "no frame from worker {address} within {:?}",
+                        first.waited()
+                    ))));
+                }
                 Err(_) => {
+                    let wait = if feed.complete() {
+                        self.settings.frame_timeout
+                    } else {
+                        self.settings.stream_timeout
+                    };
                     return Err(fail(Status::deadline_exceeded(format!(
                         "no frame from worker {address} within {wait:?}"
-                    ))))
+                    ))));
                 }
             };
             let frame = match next {
@@ -480,6 +600,11 @@ impl TtsDispatcher {
             let kind = validator
                 .observe(&frame)
                 .map_err(|v| fail(self.violation(address, &v)))?;
+            if forwarded == 0 {
+                if let Some(latency) = first.latency(feed) {
+                    lease.endpoint.record_first_answer(latency);
+                }
+            }
             if kind.has_audio() {
                 let now = Instant::now();
                 match last_audio {
@@ -537,6 +662,7 @@ impl TtsDispatcher {
         lease: &Lease,
         feed: &mut TextFeed<'_>,
         trace: &TraceContext,
+        first: &mut FirstFrame,
     ) -> Result<
         (
             tonic::Streaming<AudioFrame>,
@@ -556,10 +682,9 @@ impl TtsDispatcher {
         let mut client = TtsServiceClient::new(lease.channel.clone());
         let call = client.synthesize(request);
         tokio::pin!(call);
-        let mut deadline = feed
-            .complete()
-            .then(|| tokio::time::Instant::now() + self.settings.first_frame_timeout);
+        let address = &lease.endpoint.address;
         loop {
+            let deadline = first.deadline(feed);
             tokio::select! {
                 response = &mut call => return Ok((response?.into_inner(), input)),
                 chunk = feed.next(), if !feed.complete() => {
@@ -567,15 +692,14 @@ impl TtsDispatcher {
                         return Err(status);
                     }
                     forward_text(&mut input, chunk, feed.complete());
-                    if feed.complete() {
-                        deadline = Some(tokio::time::Instant::now() + self.settings.first_frame_timeout);
-                    }
                 }
                 () = sleep_until_some(deadline) => {
-                    return Err(Status::deadline_exceeded(format!(
-                        "worker {} did not answer Synthesize in time",
-                        lease.endpoint.address
-                    )))
+                    if first.expired(self.pool.has_alternative(address)) {
+                        return Err(Status::deadline_exceeded(format!(
+                            "worker {address} did not answer Synthesize within {:?}",
+                            first.waited()
+                        )));
+                    }
                 }
             }
         }

@@ -17,6 +17,16 @@ pub const FRAME_TIMEOUT: Duration = Duration::from_millis(1_500);
 pub const READY_WAIT: Duration = Duration::from_millis(3_000);
 pub const CALL_TIMEOUT: Duration = Duration::from_millis(1_000);
 pub const LOAD_POLL: Duration = Duration::from_millis(200);
+/// HTTP/2 keepalive and the load-poll deadline (the orchestrator's defaults):
+/// a frozen worker is out of service within about a second without traffic.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_millis(500);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_millis(500);
+pub const LOAD_POLL_TIMEOUT: Duration = Duration::from_millis(1_000);
+/// Bounds of the per-worker attempt deadline: a turn that reaches a frozen
+/// worker first moves to another after at most about the floor (tone
+/// workers answer in milliseconds).
+pub const ATTEMPT_FLOOR: Duration = Duration::from_millis(750);
+pub const ATTEMPT_CAP: Duration = Duration::from_millis(2_000);
 
 /// Slack on top of a deadline for scheduling on a loaded 2-core machine.
 pub const SLACK: Duration = Duration::from_millis(1_500);
@@ -77,6 +87,11 @@ impl Orchestrator {
             ("--ready-wait-ms".into(), ms(READY_WAIT)),
             ("--call-timeout-ms".into(), ms(CALL_TIMEOUT)),
             ("--load-poll-ms".into(), ms(LOAD_POLL)),
+            ("--load-poll-timeout-ms".into(), ms(LOAD_POLL_TIMEOUT)),
+            ("--keepalive-interval-ms".into(), ms(KEEPALIVE_INTERVAL)),
+            ("--keepalive-timeout-ms".into(), ms(KEEPALIVE_TIMEOUT)),
+            ("--attempt-deadline-floor-ms".into(), ms(ATTEMPT_FLOOR)),
+            ("--attempt-deadline-cap-ms".into(), ms(ATTEMPT_CAP)),
             ("--connect-timeout-ms".into(), "1000".into()),
             ("--connect-backoff-initial-ms".into(), "50".into()),
             ("--connect-backoff-max-ms".into(), "500".into()),

@@ -118,7 +118,7 @@ async fn a_partitioned_worker_fails_its_turn_in_bound_and_rejoins_when_the_link_
     );
 
     ns.restore().expect("restore the link");
-    // Back within the reconnect bound: HTTP/2 keepalive (15 s) may have
+    // Back within the reconnect bound: HTTP/2 keepalive (about 1 s) may have
     // closed the old connection, then reconnect backoff (max 500 ms here).
     orchestrator
         .wait_state(&inside.addr, "SERVING", Duration::from_secs(30))

@@ -38,6 +38,14 @@ pub enum TtsFault {
     FrameAfterFinal,
     /// Synthesizes the whole input before sending the first frame.
     BufferEverything,
+    /// Holds every frame until the client half-closes, is_final or not
+    /// (the existing Python fleet's worker).
+    BufferUntilHalfClose,
+    /// Streams sentence by sentence while the input is open, but a whole
+    /// text sent at once is synthesized whole before the first frame.
+    BufferWholeInput,
+    /// Synthesize never answers: no headers, no frame, no status.
+    SynthesizeHangs,
     /// Keeps a cancelled call's capacity.
     IgnoreCancel,
     /// Calls on a session take turns, and a cancelled call keeps its turn
@@ -307,6 +315,11 @@ impl Call {
         let mut chars = 0usize;
         let mut next = Some(self.first.clone());
         let mut stopped = false;
+        let buffer_all = match fault {
+            TtsFault::BufferEverything | TtsFault::BufferUntilHalfClose => true,
+            TtsFault::BufferWholeInput => self.first.is_final,
+            _ => false,
+        };
         'input: while let Some(chunk) = next.take() {
             let mut checked = Ok(());
             if fault != TtsFault::ChunkSessionIgnored {
@@ -325,12 +338,13 @@ impl Call {
                 return Ok(());
             }
             text.push_str(&chunk.text);
-            let done = chunk.is_final;
+            // The fleet's bug: is_final ignored, only the half-close counts.
+            let done = chunk.is_final && fault != TtsFault::BufferUntilHalfClose;
             let ready = sentences(&mut text, done);
             for sentence in ready {
                 tokio::time::sleep(SENTENCE_COMPUTE).await;
                 for frame in framer.push(&speak(&sentence)) {
-                    if fault == TtsFault::BufferEverything {
+                    if buffer_all {
                         held.push(frame);
                         continue;
                     }
@@ -351,7 +365,7 @@ impl Call {
                         for sentence in sentences(&mut text, true) {
                             tokio::time::sleep(SENTENCE_COMPUTE).await;
                             let frames = framer.push(&speak(&sentence));
-                            if fault == TtsFault::BufferEverything {
+                            if buffer_all {
                                 held.extend(frames);
                                 continue;
                             }
@@ -472,6 +486,9 @@ impl TtsService for FaultyTts {
         &self,
         request: Request<Streaming<TextChunk>>,
     ) -> Result<Response<Self::SynthesizeStream>, Status> {
+        if self.state.fault == TtsFault::SynthesizeHangs {
+            std::future::pending::<()>().await;
+        }
         let mut input = request.into_inner();
         let (tx, rx) = mpsc::channel(FRAME_BUFFER);
         let Some(first) = input.message().await? else {

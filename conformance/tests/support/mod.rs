@@ -39,9 +39,15 @@ pub const TTS_FAULTS: &[(TtsFault, &[&str])] = &[
     (TtsFault::MissingFinal, &["tts/frame/final-missing"]),
     (TtsFault::DuplicateFinal, &["tts/frame/final-duplicate"]),
     (TtsFault::FrameAfterFinal, &["tts/frame/after-final"]),
+    // latency-flat is skipped once early-first-frame failed (SUBSUMED).
     (
         TtsFault::BufferEverything,
-        &["tts/stream/early-first-frame", "tts/stream/latency-flat"],
+        &["tts/stream/early-first-frame"],
+    ),
+    (TtsFault::BufferWholeInput, &["tts/stream/latency-flat"]),
+    (
+        TtsFault::BufferUntilHalfClose,
+        &["tts/stream/early-first-frame", "tts/text/final-ends-input"],
     ),
     (TtsFault::IgnoreCancel, &["tts/cancel/frees"]),
     (

@@ -345,6 +345,11 @@ pub enum Mode {
     /// Answers, then never sends a frame (a worker still computing); the
     /// response body being polled is counted in `streams_polled`.
     Stall,
+    /// StartSession never answers (health and load polls do): a worker
+    /// wedged in the one call.
+    StartHangs,
+    /// GetCapabilities never answers (the connection and health do).
+    CapabilitiesHang,
 }
 
 #[derive(Clone)]
@@ -397,6 +402,9 @@ impl TtsService for FakeTts {
         _: Request<StartSessionRequest>,
     ) -> Result<Response<StartSessionResponse>, Status> {
         self.start_calls.fetch_add(1, Ordering::SeqCst);
+        if self.mode == Mode::StartHangs {
+            std::future::pending::<()>().await;
+        }
         Ok(Response::new(StartSessionResponse {
             success: true,
             message: String::new(),
@@ -426,7 +434,7 @@ impl TtsService for FakeTts {
             }
         }
         let frames: Vec<AudioFrame> = match self.mode {
-            Mode::Valid => valid_frames(&session),
+            Mode::Valid | Mode::StartHangs | Mode::CapabilitiesHang => valid_frames(&session),
             Mode::InvalidArgument => return Err(Status::invalid_argument("fake: bad text")),
             Mode::Unavailable => return Err(Status::unavailable("fake: overloaded")),
             Mode::EmptyNonFinalOnce if call == 1 => {
@@ -493,6 +501,9 @@ impl TtsService for FakeTts {
         &self,
         _: Request<GetCapabilitiesRequest>,
     ) -> Result<Response<GetCapabilitiesResponse>, Status> {
+        if self.mode == Mode::CapabilitiesHang {
+            std::future::pending::<()>().await;
+        }
         Ok(Response::new(GetCapabilitiesResponse {
             capabilities: None,
             resident_models: Vec::new(),
@@ -726,6 +737,96 @@ impl Proxy {
 }
 
 impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+// ---------------------------------------------------------------- freezing
+
+/// A TCP forwarder that can freeze: while frozen no byte passes either way,
+/// yet every connection stays open and new ones are accepted, which is what
+/// a SIGSTOPped worker looks like from outside (its kernel still completes
+/// handshakes and holds the sockets; the process answers nothing).
+pub struct FreezableProxy {
+    pub addr: SocketAddr,
+    frozen: tokio::sync::watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut frozen: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        if frozen.wait_for(|f| !*f).await.is_err() {
+            return;
+        }
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                // Even a close waits for the thaw: a stopped process does not
+                // answer a FIN either.
+                let _ = frozen.wait_for(|f| !*f).await;
+                let _ = to.shutdown().await;
+                return;
+            }
+            Ok(n) => n,
+        };
+        // Bytes read just as the freeze began are held until the thaw.
+        if frozen.wait_for(|f| !*f).await.is_err() {
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+impl FreezableProxy {
+    pub async fn start(target: SocketAddr) -> FreezableProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("addr");
+        let (frozen, watching) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut connections = JoinSet::new();
+            while let Ok((inbound, _)) = listener.accept().await {
+                let watching = watching.clone();
+                connections.spawn(async move {
+                    let Ok(outbound) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let _ = inbound.set_nodelay(true);
+                    let _ = outbound.set_nodelay(true);
+                    let (in_read, in_write) = inbound.into_split();
+                    let (out_read, out_write) = outbound.into_split();
+                    tokio::join!(
+                        pump(in_read, out_write, watching.clone()),
+                        pump(out_read, in_write, watching),
+                    );
+                });
+            }
+        });
+        FreezableProxy { addr, frozen, task }
+    }
+
+    pub fn address(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// SIGSTOP, as seen from the network.
+    pub fn freeze(&self) {
+        self.frozen.send_replace(true);
+    }
+
+    /// SIGCONT.
+    pub fn thaw(&self) {
+        self.frozen.send_replace(false);
+    }
+}
+
+impl Drop for FreezableProxy {
     fn drop(&mut self) {
         self.task.abort();
     }
