@@ -15,7 +15,7 @@ use std::fmt;
 use std::ops::Range;
 use std::str::FromStr;
 
-use crate::model::{Latent, Vits};
+use crate::model::{Latent, StageTimes, Vits};
 use crate::PiperError;
 
 /// How a sentence's latent frames (one per `hop_length` samples, about
@@ -163,6 +163,12 @@ impl<'a> ChunkedSynthesis<'a> {
     /// Windows not yet decoded.
     pub fn windows_left(&self) -> usize {
         self.windows.len()
+    }
+
+    /// Where the time went so far: the encoder and durations (spent when
+    /// this was made), the flow and decoder over the windows taken.
+    pub fn times(&self) -> StageTimes {
+        self.latent.times()
     }
 }
 

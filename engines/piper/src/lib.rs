@@ -56,6 +56,7 @@ use candle_core::Device;
 
 pub use chunked::{ChunkedSynthesis, DecodeWindows, DecodeWindowsError};
 pub use config::VoiceConfig;
+pub use model::StageTimes;
 
 /// Errors from loading a voice or synthesizing with it.
 #[derive(Debug, thiserror::Error)]

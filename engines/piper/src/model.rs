@@ -6,6 +6,7 @@
 //! graph, so every Piper quality level loads through the same code.
 
 use std::ops::Range;
+use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Module, Tensor};
 use rand::rngs::StdRng;
@@ -1051,8 +1052,11 @@ impl Vits {
         let mut rng = StdRng::seed_from_u64(seed);
         let t = ids_u32.len();
         let ids = Tensor::from_vec(ids_u32, (1, t), &self.device)?;
+        let started = Instant::now();
         let (x, m_p, logs_p) = self.enc_p.forward(&ids)?;
+        let encoder = started.elapsed();
 
+        let started = Instant::now();
         let logw = self.dp.forward(&x, g, noise_w, &mut rng)?;
         // Frames per phoneme: ceil(exp(logw) * length_scale), as Piper does.
         let mut frame_src: Vec<u32> = Vec::new();
@@ -1092,6 +1096,11 @@ impl Vits {
             z: None,
             frames: n_frames,
             speaker,
+            times: StageTimes {
+                encoder,
+                durations: started.elapsed(),
+                ..StageTimes::default()
+            },
         })
     }
 
@@ -1153,7 +1162,10 @@ impl Vits {
         }
         let lo = frames.start.saturating_sub(context);
         let hi = (frames.end + context).min(n);
+        let started = Instant::now();
         self.flow_through(latent, hi)?;
+        latent.times.flow += started.elapsed();
+        let started = Instant::now();
         let z = latent
             .z
             .as_ref()
@@ -1165,11 +1177,13 @@ impl Vits {
         };
         let audio = self.dec.forward(&z, latent.speaker.as_ref())?;
         let hop = self.hop_length();
-        Ok(audio
+        let audio = audio
             .flatten_all()?
             .narrow(0, (frames.start - lo) * hop, frames.len() * hop)?
             .to_dtype(DType::F32)?
-            .to_vec1::<f32>()?)
+            .to_vec1::<f32>()?;
+        latent.times.decoder += started.elapsed();
+        Ok(audio)
     }
 
     pub fn synthesize(
@@ -1196,9 +1210,29 @@ pub struct Latent {
     z: Option<Tensor>,
     frames: usize,
     speaker: Option<Tensor>,
+    times: StageTimes,
+}
+
+/// Where one sentence's synthesis time went so far, by stage (wall time on
+/// the calling thread, threads inside each stage included).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StageTimes {
+    /// Text encoder over the whole sentence.
+    pub encoder: Duration,
+    /// Duration predictor, length regulation and the prior's noise.
+    pub durations: Duration,
+    /// Reverse flow, over the stretches decoded so far.
+    pub flow: Duration,
+    /// HiFi-GAN decoder, over the windows decoded so far.
+    pub decoder: Duration,
 }
 
 impl Latent {
+    /// Time spent on this sentence so far.
+    pub fn times(&self) -> StageTimes {
+        self.times
+    }
+
     /// Latent frames; the audio is `frames * hop_length` samples.
     pub fn frames(&self) -> usize {
         self.frames
