@@ -998,6 +998,12 @@ impl Vits {
         })
     }
 
+    /// The flow's receptive field in latent frames: how far the prior at
+    /// one frame can reach the flow's output.
+    pub fn flow_receptive_field_frames(&self) -> usize {
+        self.flow_context
+    }
+
     /// The decoder's receptive field in latent frames (see
     /// [`Vits::decode_frames`]).
     pub fn receptive_field_frames(&self) -> Result<usize> {
@@ -1108,7 +1114,7 @@ impl Vits {
     /// flow is convolutional, so each new stretch is computed from the prior
     /// widened by the flow's receptive field and equals the whole-sentence
     /// result; the first window need not wait for the sentence's flow.
-    fn flow_through(&self, latent: &mut Latent, end: usize) -> Result<()> {
+    fn flow_through(&self, latent: &mut Latent, end: usize, context: usize) -> Result<()> {
         let done = latent.flowed();
         if end <= done {
             return Ok(());
@@ -1118,8 +1124,8 @@ impl Vits {
         // four times what is done: few stretches, the first still short, and
         // each cheap beside the audio already decoded ahead of it.
         let end = end.max(4 * done).min(n);
-        let lo = done.saturating_sub(self.flow_context);
-        let hi = (end + self.flow_context).min(n);
+        let lo = done.saturating_sub(context);
+        let hi = (end + context).min(n);
         let mut z = if lo == 0 && hi == n {
             latent.z_p.clone()
         } else {
@@ -1152,7 +1158,7 @@ impl Vits {
         &self,
         latent: &mut Latent,
         frames: Range<usize>,
-        context: usize,
+        context: Context,
     ) -> Result<Vec<f32>> {
         let n = latent.frames;
         if frames.start >= frames.end || frames.end > n {
@@ -1160,10 +1166,10 @@ impl Vits {
                 "decode window {frames:?} outside a latent of {n} frames"
             )));
         }
-        let lo = frames.start.saturating_sub(context);
-        let hi = (frames.end + context).min(n);
+        let lo = frames.start.saturating_sub(context.decoder);
+        let hi = (frames.end + context.decoder).min(n);
         let started = Instant::now();
-        self.flow_through(latent, hi)?;
+        self.flow_through(latent, hi, context.flow)?;
         latent.times.flow += started.elapsed();
         let started = Instant::now();
         let z = latent
@@ -1185,20 +1191,14 @@ impl Vits {
         latent.times.decoder += started.elapsed();
         Ok(audio)
     }
+}
 
-    pub fn synthesize(
-        &self,
-        ids: &[i64],
-        speaker_id: i64,
-        noise_scale: f32,
-        length_scale: f32,
-        noise_w: f32,
-        seed: u64,
-    ) -> Result<Vec<f32>> {
-        let mut latent = self.latent(ids, speaker_id, noise_scale, length_scale, noise_w, seed)?;
-        let frames = latent.frames;
-        self.decode_frames(&mut latent, 0..frames, 0)
-    }
+/// Latent frames of context on each side of a window: what the flow and the
+/// decoder each run over beyond the frames they are asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Context {
+    pub decoder: usize,
+    pub flow: usize,
 }
 
 /// One sentence's latent and its speaker conditioning.
