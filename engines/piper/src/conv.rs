@@ -1,35 +1,35 @@
 //! A fused 1-D convolution as a candle custom op, for the convolutions that
-//! dominate synthesis time (HiFi-GAN resblocks and upsamplers, flow
-//! WaveNets).
+//! dominate synthesis time (HiFi-GAN resblocks, flow WaveNets).
 //!
 //! candle's CPU conv1d materialises the whole im2col matrix, then transposes
-//! the result; an im2col + GEMM library call (matrixmultiply) was the next
-//! step, but packing the im2col copy again into the GEMM's panel layout cost
-//! over half the multiply itself for these narrow layers (32 to 256
-//! channels). Here the convolution is computed directly: the input is
-//! activated (leaky ReLU) and zero-padded once, and register tiles of 4
-//! output channels by 3 vectors of time steps accumulate every input
-//! channel and tap from unaligned loads of the padded rows, the weights
-//! regrouped at load time so each tile reads them in order. SIMD comes from
-//! `pulp` (runtime dispatch to AVX2/FMA where the CPU has it, scalar
-//! otherwise; no `unsafe` here). Bias and the residual connection start the
-//! accumulators. Time blocks run in parallel on rayon's pool, which honours
-//! `RAYON_NUM_THREADS` like candle's own kernels.
+//! the result: several passes over buffers as large as the audio times the
+//! channels times the kernel. Here the time axis is cut into blocks whose
+//! im2col slice stays in cache; each block is one GEMM (matrixmultiply, via
+//! ndarray's safe API) written straight into the output, with the input's
+//! leaky ReLU, the bias and the residual connection folded into the passes
+//! that already touch the data. Blocks run in parallel on rayon's pool, which
+//! honours `RAYON_NUM_THREADS` like candle's own kernels.
+
+use std::cell::RefCell;
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
-use ndarray::{ArrayViewMut2, Axis};
+use ndarray::{linalg::general_mat_mul, ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
-/// Multiply-adds of work per parallel block, about: enough that a task
-/// outweighs rayon's hand-off, small enough that both cores get a share of
-/// a first window.
+/// im2col floats per block: about a per-core L2 cache, large enough that
+/// re-packing the weights for each block stays cheap.
 const BLOCK_FLOATS: usize = 128 * 1024;
+
+thread_local! {
+    /// Each worker's im2col buffer, reused across blocks and calls: fresh
+    /// allocations of this size cost page faults and zeroing every time.
+    static COL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
 
 #[derive(Debug, Clone)]
 pub struct FusedConv1d {
-    /// `[c_out / 4][c_in][k][4]`, PyTorch's `[c_out, c_in, k]` regrouped for
-    /// the register tiles (output channels past `c_out` are zero).
-    tiled_weights: Vec<f32>,
+    /// `[c_out, c_in * k]`, PyTorch's weight layout flattened.
+    weight: Vec<f32>,
     bias: Vec<f32>,
     c_in: usize,
     c_out: usize,
@@ -54,20 +54,8 @@ impl FusedConv1d {
             Some(b) => b.flatten_all()?.to_vec1::<f32>()?,
             None => vec![0.0; c_out],
         };
-        let flat = weight.flatten_all()?.to_vec1::<f32>()?;
-        let blocks = c_out.div_ceil(TILE_CHANNELS);
-        let mut tiled_weights = vec![0f32; blocks * c_in * k * TILE_CHANNELS];
-        for o in 0..c_out {
-            let (cb, c) = (o / TILE_CHANNELS, o % TILE_CHANNELS);
-            for ci in 0..c_in {
-                for kk in 0..k {
-                    tiled_weights[((cb * c_in + ci) * k + kk) * TILE_CHANNELS + c] =
-                        flat[(o * c_in + ci) * k + kk];
-                }
-            }
-        }
         Ok(Self {
-            tiled_weights,
+            weight: weight.flatten_all()?.to_vec1::<f32>()?,
             bias,
             c_in,
             c_out,
@@ -93,6 +81,35 @@ impl FusedConv1d {
     pub fn reach(&self) -> usize {
         let span = self.dilation * (self.k - 1);
         self.padding.max(span.saturating_sub(self.padding))
+    }
+
+    /// Fills `col` (`[c_in * k, n]`) with the activated, zero-padded input
+    /// windows for output steps `t0 .. t0 + n`.
+    fn im2col(&self, x: &[f32], t: usize, t0: usize, n: usize, col: &mut [f32]) {
+        for ci in 0..self.c_in {
+            let xrow = &x[ci * t..(ci + 1) * t];
+            for kk in 0..self.k {
+                let row = &mut col[(ci * self.k + kk) * n..][..n];
+                // Output step t0 + j reads input t0 + j + kk * dilation - padding.
+                let shift = t0 + kk * self.dilation;
+                let lo = self.padding.saturating_sub(shift).min(n);
+                let hi = (t + self.padding).saturating_sub(shift).min(n).max(lo);
+                row[..lo].fill(0.0);
+                row[hi..].fill(0.0);
+                if lo == hi {
+                    continue;
+                }
+                let src = &xrow[shift + lo - self.padding..shift + hi - self.padding];
+                match self.input_slope {
+                    Some(s) => {
+                        for (d, &v) in row[lo..hi].iter_mut().zip(src) {
+                            *d = if v < 0.0 { v * s } else { v };
+                        }
+                    }
+                    None => row[lo..hi].copy_from_slice(src),
+                }
+            }
+        }
     }
 }
 
@@ -135,51 +152,22 @@ impl FusedConv1d {
         if self.residual && (t_out != t || self.c_out != self.c_in) {
             candle_core::bail!("fused conv1d: residual needs a same-shape output")
         }
-        let mut out = vec![0f32; self.c_out * t_out];
-        if t_out == 0 {
-            return Ok((out, 0));
-        }
-        // The activated input, zero-padded on both sides, once: output step
-        // m reads padded step m + kk * dilation for tap kk. The slack lets the
-        // last tile load whole vectors.
-        let width = t_out + span + TILE_SLACK;
-        let mut padded = vec![0f32; self.c_in * width];
-        padded
-            .par_chunks_mut(width)
-            .zip(x.par_chunks(t.max(1)))
-            .for_each(|(row, src)| {
-                let dst = &mut row[self.padding..self.padding + t];
-                match self.input_slope {
-                    Some(s) => {
-                        for (d, &v) in dst.iter_mut().zip(src) {
-                            *d = if v < 0.0 { v * s } else { v };
-                        }
-                    }
-                    None => dst.copy_from_slice(src),
-                }
-            });
         let rows = self.c_in * self.k;
-        // Columns per parallel block: enough work per task that splitting
-        // pays, few enough blocks that both cores get some of a short input.
-        let threads = rayon::current_num_threads().max(1);
-        let block = (BLOCK_FLOATS / rows)
-            .clamp(96, 4096)
-            .min(t_out.div_ceil(2 * threads).next_multiple_of(TILE_SLACK))
-            .max(TILE_SLACK);
+        let block = (BLOCK_FLOATS / rows).clamp(64, 4096);
+        let w = ArrayView2::from_shape((self.c_out, rows), &self.weight)
+            .map_err(candle_core::Error::wrap)?;
+
+        let mut out = vec![0f32; self.c_out * t_out];
         let mut out_view = ArrayViewMut2::from_shape((self.c_out, t_out), &mut out)
             .map_err(candle_core::Error::wrap)?;
         out_view
             .axis_chunks_iter_mut(Axis(1), block)
             .into_par_iter()
             .enumerate()
-            .for_each(|(i, mut dst)| {
+            .try_for_each(|(i, mut dst)| -> candle_core::Result<()> {
                 let t0 = i * block;
                 let n = dst.ncols();
-                // This block's output, channels rounded up to whole tiles,
-                // started from the bias (and the residual).
-                let channels = self.c_out.next_multiple_of(TILE_CHANNELS);
-                let mut acc = vec![0f32; channels * n];
-                for (o, row) in acc.chunks_exact_mut(n).take(self.c_out).enumerate() {
+                for (o, mut row) in dst.axis_iter_mut(Axis(0)).enumerate() {
                     let bias = self.bias[o];
                     if self.residual {
                         let res = &x[o * t + t0..o * t + t0 + n];
@@ -190,154 +178,21 @@ impl FusedConv1d {
                         row.fill(bias);
                     }
                 }
-                pulp::Arch::new().dispatch(DirectConv {
-                    shape: ConvShape {
-                        weights: &self.tiled_weights,
-                        padded: &padded,
-                        width,
-                        c_in: self.c_in,
-                        k: self.k,
-                        dilation: self.dilation,
-                        t0,
-                        n,
-                    },
-                    acc: &mut acc,
-                });
-                for (o, mut row) in dst.axis_iter_mut(Axis(0)).enumerate() {
-                    let src = &acc[o * n..(o + 1) * n];
-                    for (d, &v) in row.iter_mut().zip(src) {
-                        *d = v;
+                COL.with_borrow_mut(|col| -> candle_core::Result<()> {
+                    // im2col overwrites every element, so stale contents
+                    // from an earlier block are harmless.
+                    if col.len() < rows * n {
+                        col.resize(rows * n, 0.0);
                     }
-                }
-            });
+                    let col = &mut col[..rows * n];
+                    self.im2col(x, t, t0, n, col);
+                    let col = ArrayView2::from_shape((rows, n), &*col)
+                        .map_err(candle_core::Error::wrap)?;
+                    general_mat_mul(1.0, &w, &col, 1.0, &mut dst);
+                    Ok(())
+                })
+            })?;
         Ok((out, t_out))
-    }
-}
-
-/// Output channels per register tile of the direct convolution.
-const TILE_CHANNELS: usize = 4;
-/// Vectors of time steps per register tile: 4 channels x 3 vectors is 12
-/// accumulators, which with 3 input vectors and a broadcast weight fills
-/// AVX2's 16 registers.
-const TILE_VECTORS: usize = 3;
-/// Widest tile in time steps (3 AVX-512 vectors), the zero slack after each
-/// padded input row.
-const TILE_SLACK: usize = TILE_VECTORS * 16;
-
-/// One block of output steps of a convolution, computed straight from the
-/// padded input (no im2col, no packing): each register tile of 4 channels
-/// by 3 vectors of time steps accumulates weight x input over every input
-/// channel and tap, the input read as unaligned vectors at the tap's shift
-/// and each weight broadcast.
-struct DirectConv<'a> {
-    shape: ConvShape<'a>,
-    /// `[c_out rounded up to 4][n]`, holding the bias; the sums are added.
-    acc: &'a mut [f32],
-}
-
-#[derive(Clone, Copy)]
-struct ConvShape<'a> {
-    /// `[c_out / 4][c_in][k][4]`: the 4 weights a tile needs per input
-    /// channel and tap, side by side.
-    weights: &'a [f32],
-    padded: &'a [f32],
-    width: usize,
-    c_in: usize,
-    k: usize,
-    dilation: usize,
-    /// The block's first output step.
-    t0: usize,
-    n: usize,
-}
-
-#[inline(always)]
-fn load<S: pulp::Simd>(v: &[f32]) -> S::f32s {
-    bytemuck::pod_read_unaligned(bytemuck::cast_slice(&v[..S::F32_LANES]))
-}
-
-#[inline(always)]
-fn store<S: pulp::Simd>(v: &mut [f32], x: S::f32s) {
-    bytemuck::cast_slice_mut::<f32, u8>(&mut v[..S::F32_LANES])
-        .copy_from_slice(bytemuck::bytes_of(&x));
-}
-
-impl ConvShape<'_> {
-    /// One tile: 4 channels (`w`, their weights) of `rows` (4 rows of
-    /// `stride`) at column `col`, output steps `t0 + step ..`.
-    #[inline(always)]
-    fn tile<S: pulp::Simd>(
-        &self,
-        s: S,
-        w: &[f32],
-        rows: &mut [f32],
-        stride: usize,
-        col: usize,
-        step: usize,
-    ) {
-        let l = S::F32_LANES;
-        let mut acc = [[s.splat_f32s(0.0); TILE_VECTORS]; TILE_CHANNELS];
-        for (c, a) in acc.iter_mut().enumerate() {
-            for (v, slot) in a.iter_mut().enumerate() {
-                *slot = load::<S>(&rows[c * stride + col + v * l..]);
-            }
-        }
-        let base = self.t0 + step;
-        let reach = (self.k - 1) * self.dilation + TILE_VECTORS * l;
-        for ci in 0..self.c_in {
-            let xr = &self.padded[ci * self.width + base..][..reach];
-            let wr = &w[ci * self.k * TILE_CHANNELS..][..self.k * TILE_CHANNELS];
-            for kk in 0..self.k {
-                let xs = &xr[kk * self.dilation..];
-                let xv: [S::f32s; TILE_VECTORS] = std::array::from_fn(|v| load::<S>(&xs[v * l..]));
-                let wk = &wr[kk * TILE_CHANNELS..][..TILE_CHANNELS];
-                for (c, a) in acc.iter_mut().enumerate() {
-                    let wv = s.splat_f32s(wk[c]);
-                    for (slot, &x) in a.iter_mut().zip(&xv) {
-                        *slot = s.mul_add_f32s(wv, x, *slot);
-                    }
-                }
-            }
-        }
-        for (c, a) in acc.iter().enumerate() {
-            for (v, &slot) in a.iter().enumerate() {
-                store::<S>(&mut rows[c * stride + col + v * l..], slot);
-            }
-        }
-    }
-}
-
-impl pulp::WithSimd for DirectConv<'_> {
-    type Output = ();
-
-    #[inline(always)]
-    fn with_simd<S: pulp::Simd>(self, s: S) {
-        let shape = self.shape;
-        let tile = TILE_VECTORS * S::F32_LANES;
-        let n = shape.n;
-        let per_block = shape.c_in * shape.k * TILE_CHANNELS;
-        let full = n - n % tile;
-        for (cb, rows) in self.acc.chunks_exact_mut(TILE_CHANNELS * n).enumerate() {
-            let w = &shape.weights[cb * per_block..][..per_block];
-            let mut j = 0;
-            while j < full {
-                shape.tile(s, w, rows, n, j, j);
-                j += tile;
-            }
-            if full < n {
-                // The ragged end through a tile-wide copy.
-                let rest = n - full;
-                let mut tmp = [0f32; TILE_CHANNELS * TILE_SLACK];
-                for c in 0..TILE_CHANNELS {
-                    tmp[c * tile..c * tile + rest]
-                        .copy_from_slice(&rows[c * n + full..(c + 1) * n]);
-                }
-                shape.tile(s, w, &mut tmp, tile, 0, full);
-                for c in 0..TILE_CHANNELS {
-                    rows[c * n + full..(c + 1) * n]
-                        .copy_from_slice(&tmp[c * tile..c * tile + rest]);
-                }
-            }
-        }
     }
 }
 

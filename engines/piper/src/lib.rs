@@ -24,8 +24,9 @@
 //! - The wide 1-D convolutions (decoder, flow) run as fused candle custom ops
 //!   (`conv` module): cache-blocked im2col + GEMM with activation, bias and
 //!   residual folded in, parallel over time on rayon's pool. Thread count
-//!   follows `RAYON_NUM_THREADS` (also what candle's own CPU kernels use);
-//!   nothing here pins or sizes threads itself.
+//!   follows `RAYON_NUM_THREADS` (also what candle's own CPU kernels use),
+//!   except that the text encoder and duration predictor, chains of small
+//!   ops, run on the calling thread alone.
 //! - Phonemes come from the system's libespeak-ng (voice from the config),
 //!   called under one process-wide lock because espeak-ng is not
 //!   thread-safe. Clause punctuation is recovered the way Piper does it, one
