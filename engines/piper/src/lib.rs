@@ -427,11 +427,13 @@ impl PiperVoice {
 /// Runs `f` with every rayon job it starts kept on the calling thread. The
 /// text encoder and the duration predictor are chains of hundreds of small
 /// ops (a 192-channel matmul over a sentence's ids, a norm, an activation);
-/// split over threads, each op waits for the slowest thread, and on a busy
-/// machine that wait is a scheduler time slice: measured on 2 shared cores,
-/// 357 ids took 446 ms of encoder and 560 ms of durations with 2 threads
-/// against 185 and 50 ms with 1. The flow and decoder run bigger blocks and
-/// keep the shared pool.
+/// split over threads, each op waits for the slowest thread. On 2 shared
+/// cores (load 5) 357 ids took 446 ms of encoder and 560 ms of durations
+/// with 2 threads against 185 and 50 ms with `RAYON_NUM_THREADS=1`; with
+/// this scope the 2-thread figures varied from 115 / 40 to 474 / 352 ms
+/// between runs, so part of that cost is the machine, not the split (see
+/// docs/benchmarks.md). The flow and decoder run bigger blocks and keep the
+/// shared pool.
 fn on_this_thread<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     match rayon::ThreadPoolBuilder::new()
         .num_threads(1)
