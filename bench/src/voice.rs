@@ -73,13 +73,29 @@ pub struct VoiceCase {
     pub whole_orchestrator_ms: Pcts,
 }
 
+/// First audio of one sentence with several turns started at once,
+/// straight to the chunked worker.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConcurrentCase {
+    /// Turns started together.
+    pub turns: usize,
+    /// Rounds of `turns` calls; the percentiles are over every call.
+    pub rounds: usize,
+    pub direct_ms: Pcts,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct VoiceResult {
     pub voice: String,
     pub one_sentence: VoiceCase,
     pub long_first_sentence: VoiceCase,
     pub long_text: VoiceCase,
+    /// One sentence at 2, 4 and 8 simultaneous turns (chunked decoding).
+    pub concurrent: Vec<ConcurrentCase>,
 }
+
+/// Simultaneous turns the concurrency part starts.
+const CONCURRENT_TURNS: [usize; 3] = [2, 4, 8];
 
 /// One Piper worker with an orchestrator in front, and clients for both.
 struct VoicePath {
@@ -211,6 +227,36 @@ pub async fn run(config: &VoiceConfig, bins: &Bins, logs: &Path) -> Result<Voice
             whole_orchestrator_ms: whole_through,
         });
     }
+    let mut concurrent = Vec::new();
+    let rounds = config.long_runs.max(2);
+    for turns in CONCURRENT_TURNS {
+        let mut ms = Vec::new();
+        for _ in 0..rounds {
+            let calls: Vec<_> = (0..turns)
+                .map(|_| tokio::spawn(first_audio_direct(chunked.worker.clone(), ONE_SENTENCE)))
+                .collect();
+            for call in calls {
+                ms.push(
+                    call.await
+                        .map_err(|e| BenchError::Setup(format!("turn task: {e}")))??,
+                );
+            }
+            // Each cancelled turn stops at its next window; let them all.
+            tokio::time::sleep(config.pause * 2).await;
+            chunked.stack.check_alive()?;
+        }
+        let direct = Pcts::of(ms);
+        println!(
+            "  {turns} simultaneous turns, one sentence: first audio p50 / p95 ms, chunked, direct {:.1} / {:.1} ({rounds} rounds)",
+            direct.p50, direct.p95
+        );
+        concurrent.push(ConcurrentCase {
+            turns,
+            rounds,
+            direct_ms: direct,
+        });
+    }
+
     let mut cases = cases.into_iter();
     let mut next = || {
         cases
@@ -222,6 +268,7 @@ pub async fn run(config: &VoiceConfig, bins: &Bins, logs: &Path) -> Result<Voice
         one_sentence: next()?,
         long_first_sentence: next()?,
         long_text: next()?,
+        concurrent,
     })
 }
 

@@ -381,3 +381,42 @@ mod tests {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod speed {
+    use super::*;
+    use candle_core::Device;
+
+    /// Multiply-adds per second of the fused conv on the decoder's and
+    /// flow's shapes (run with --ignored --nocapture).
+    #[test]
+    #[ignore = "measurement, not a check"]
+    fn fused_conv_speed() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        for (c_in, c_out, k, dilation, t) in [
+            (32, 32, 7, 3, 60_000),
+            (64, 64, 7, 3, 15_000),
+            (128, 128, 3, 1, 3_700),
+            (192, 384, 5, 1, 240),
+            (192, 256, 7, 1, 240),
+        ] {
+            let x = Tensor::randn(0f32, 1.0, (1, c_in, t), &dev)?;
+            let w = Tensor::randn(0f32, 0.3, (c_out, c_in, k), &dev)?;
+            let op = FusedConv1d::new(&w, None, dilation, dilation * (k - 1) / 2)?;
+            let flops = 2.0 * (c_in * c_out * k * t) as f64;
+            let mut best = f64::INFINITY;
+            for _ in 0..5 {
+                let started = std::time::Instant::now();
+                let y = x.apply_op1_no_bwd(&op)?;
+                best = best.min(started.elapsed().as_secs_f64());
+                drop(y);
+            }
+            eprintln!(
+                "c_in {c_in:>3} c_out {c_out:>3} k {k} t {t:>6}: {:6.2} ms, {:5.1} GFLOP/s",
+                best * 1e3,
+                flops / best / 1e9
+            );
+        }
+        Ok(())
+    }
+}

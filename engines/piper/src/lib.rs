@@ -24,8 +24,9 @@
 //! - The wide 1-D convolutions (decoder, flow) run as fused candle custom ops
 //!   (`conv` module): cache-blocked im2col + GEMM with activation, bias and
 //!   residual folded in, parallel over time on rayon's pool. Thread count
-//!   follows `RAYON_NUM_THREADS` (also what candle's own CPU kernels use);
-//!   nothing here pins or sizes threads itself.
+//!   follows `RAYON_NUM_THREADS` (also what candle's own CPU kernels use),
+//!   except that the text encoder and duration predictor, chains of small
+//!   ops, run on the calling thread alone.
 //! - Phonemes come from the system's libespeak-ng (voice from the config),
 //!   called under one process-wide lock because espeak-ng is not
 //!   thread-safe. Clause punctuation is recovered the way Piper does it, one
@@ -56,6 +57,7 @@ use candle_core::Device;
 
 pub use chunked::{ChunkedSynthesis, DecodeWindows, DecodeWindowsError};
 pub use config::VoiceConfig;
+pub use model::StageTimes;
 
 /// Errors from loading a voice or synthesizing with it.
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +147,10 @@ pub struct PiperVoice {
     receptive_field: usize,
     /// Latent frames of context on each side of a decode window.
     decode_context: usize,
+    /// The flow's receptive field, in latent frames.
+    flow_receptive_field: usize,
+    /// Latent frames of context on each side of a stretch of the flow.
+    flow_context: usize,
 }
 
 impl std::fmt::Debug for PiperVoice {
@@ -225,11 +231,14 @@ impl PiperVoice {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
         let receptive_field = model.receptive_field_frames()?;
+        let flow_receptive_field = model.flow_receptive_field_frames();
         Ok(PiperVoice {
             id,
             config,
             decode_context: default_decode_context(receptive_field),
             receptive_field,
+            flow_context: default_flow_context(flow_receptive_field),
+            flow_receptive_field,
             model,
         })
     }
@@ -268,6 +277,25 @@ impl PiperVoice {
         self
     }
 
+    /// Latent frames on either side of a frame that can influence it in the
+    /// flow (its full receptive field).
+    pub fn flow_receptive_field_frames(&self) -> usize {
+        self.flow_receptive_field
+    }
+
+    /// Latent frames of context the flow runs over on each side of a
+    /// stretch in [`PiperVoice::synthesize_ids_chunked`].
+    pub fn flow_context(&self) -> usize {
+        self.flow_context
+    }
+
+    /// Sets [`PiperVoice::flow_context`]; as with the decoder's, the full
+    /// receptive field is exact, less trades accuracy at the cut for speed.
+    pub fn with_flow_context(mut self, frames: usize) -> Self {
+        self.flow_context = frames;
+        self
+    }
+
     /// Splits text into sentences and phonemizes each with espeak-ng.
     pub fn phonemize(&self, text: &str) -> Result<Vec<Sentence>, PiperError> {
         phonemize::phonemize(&self.config, text)
@@ -296,14 +324,22 @@ impl PiperVoice {
         scales: Scales,
         seed: u64,
     ) -> Result<Vec<f32>, PiperError> {
-        self.model.synthesize(
-            ids,
-            speaker_id,
-            scales.noise_scale,
-            scales.length_scale,
-            scales.noise_w,
-            seed,
-        )
+        let mut latent = on_this_thread(|| {
+            self.model.latent(
+                ids,
+                speaker_id,
+                scales.noise_scale,
+                scales.length_scale,
+                scales.noise_w,
+                seed,
+            )
+        })?;
+        let frames = latent.frames();
+        let whole = model::Context {
+            decoder: 0,
+            flow: 0,
+        };
+        self.model.decode_frames(&mut latent, 0..frames, whole)
     }
 
     /// [`PiperVoice::synthesize_ids`] decoded window by window: the text
@@ -318,19 +354,24 @@ impl PiperVoice {
         seed: u64,
         windows: DecodeWindows,
     ) -> Result<ChunkedSynthesis<'_>, PiperError> {
-        let latent = self.model.latent(
-            ids,
-            0,
-            scales.noise_scale,
-            scales.length_scale,
-            scales.noise_w,
-            seed,
-        )?;
+        let latent = on_this_thread(|| {
+            self.model.latent(
+                ids,
+                0,
+                scales.noise_scale,
+                scales.length_scale,
+                scales.noise_w,
+                seed,
+            )
+        })?;
         Ok(ChunkedSynthesis::new(
             &self.model,
             latent,
             windows,
-            self.decode_context,
+            model::Context {
+                decoder: self.decode_context,
+                flow: self.flow_context,
+            },
         ))
     }
 
@@ -383,6 +424,28 @@ impl PiperVoice {
     }
 }
 
+/// Runs `f` with every rayon job it starts kept on the calling thread. The
+/// text encoder and the duration predictor are chains of hundreds of small
+/// ops (a 192-channel matmul over a sentence's ids, a norm, an activation);
+/// split over threads, each op waits for the slowest thread. On 2 shared
+/// cores (load 5) 357 ids took 446 ms of encoder and 560 ms of durations
+/// with 2 threads against 185 and 50 ms with `RAYON_NUM_THREADS=1`; with
+/// this scope the 2-thread figures varied from 115 / 40 to 474 / 352 ms
+/// between runs, so part of that cost is the machine, not the split (see
+/// docs/benchmarks.md). The flow and decoder run bigger blocks and keep the
+/// shared pool.
+fn on_this_thread<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    match rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .use_current_thread()
+        .build()
+    {
+        Ok(pool) => pool.install(f),
+        // Already a worker of another pool: run as we are.
+        Err(_) => f(),
+    }
+}
+
 /// The decode context the voice uses by default: three quarters of the
 /// decoder's receptive field, whose outermost taps carry little weight. For
 /// en_US-joe-medium (field 13) the largest difference from whole-sentence
@@ -390,6 +453,16 @@ impl PiperVoice {
 /// 5.6e-4 at 9, 3.9e-6 at 10 (this default) and 0 at 13
 /// (`tests/reference.rs`, `decode_context_sweep`).
 fn default_decode_context(receptive_field: usize) -> usize {
+    receptive_field - receptive_field / 4
+}
+
+/// The flow context the voice uses by default: three quarters of its
+/// receptive field, as for the decoder. For en_US-joe-medium (field 32) the
+/// largest difference from whole-sentence audio over the reference cases,
+/// by flow context, was 1.4e-2 at 16 frames, 4.4e-4 at 20, 2.3e-5 at 24
+/// (this default) and 3.6e-6 (the decoder's share) at 28 and 32
+/// (`tests/reference.rs`, `flow_context_sweep`).
+fn default_flow_context(receptive_field: usize) -> usize {
     receptive_field - receptive_field / 4
 }
 

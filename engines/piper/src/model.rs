@@ -6,6 +6,7 @@
 //! graph, so every Piper quality level loads through the same code.
 
 use std::ops::Range;
+use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Module, Tensor};
 use rand::rngs::StdRng;
@@ -997,6 +998,12 @@ impl Vits {
         })
     }
 
+    /// The flow's receptive field in latent frames: how far the prior at
+    /// one frame can reach the flow's output.
+    pub fn flow_receptive_field_frames(&self) -> usize {
+        self.flow_context
+    }
+
     /// The decoder's receptive field in latent frames (see
     /// [`Vits::decode_frames`]).
     pub fn receptive_field_frames(&self) -> Result<usize> {
@@ -1051,8 +1058,11 @@ impl Vits {
         let mut rng = StdRng::seed_from_u64(seed);
         let t = ids_u32.len();
         let ids = Tensor::from_vec(ids_u32, (1, t), &self.device)?;
+        let started = Instant::now();
         let (x, m_p, logs_p) = self.enc_p.forward(&ids)?;
+        let encoder = started.elapsed();
 
+        let started = Instant::now();
         let logw = self.dp.forward(&x, g, noise_w, &mut rng)?;
         // Frames per phoneme: ceil(exp(logw) * length_scale), as Piper does.
         let mut frame_src: Vec<u32> = Vec::new();
@@ -1092,6 +1102,11 @@ impl Vits {
             z: None,
             frames: n_frames,
             speaker,
+            times: StageTimes {
+                encoder,
+                durations: started.elapsed(),
+                ..StageTimes::default()
+            },
         })
     }
 
@@ -1099,7 +1114,7 @@ impl Vits {
     /// flow is convolutional, so each new stretch is computed from the prior
     /// widened by the flow's receptive field and equals the whole-sentence
     /// result; the first window need not wait for the sentence's flow.
-    fn flow_through(&self, latent: &mut Latent, end: usize) -> Result<()> {
+    fn flow_through(&self, latent: &mut Latent, end: usize, context: usize) -> Result<()> {
         let done = latent.flowed();
         if end <= done {
             return Ok(());
@@ -1109,8 +1124,8 @@ impl Vits {
         // four times what is done: few stretches, the first still short, and
         // each cheap beside the audio already decoded ahead of it.
         let end = end.max(4 * done).min(n);
-        let lo = done.saturating_sub(self.flow_context);
-        let hi = (end + self.flow_context).min(n);
+        let lo = done.saturating_sub(context);
+        let hi = (end + context).min(n);
         let mut z = if lo == 0 && hi == n {
             latent.z_p.clone()
         } else {
@@ -1143,7 +1158,7 @@ impl Vits {
         &self,
         latent: &mut Latent,
         frames: Range<usize>,
-        context: usize,
+        context: Context,
     ) -> Result<Vec<f32>> {
         let n = latent.frames;
         if frames.start >= frames.end || frames.end > n {
@@ -1151,9 +1166,12 @@ impl Vits {
                 "decode window {frames:?} outside a latent of {n} frames"
             )));
         }
-        let lo = frames.start.saturating_sub(context);
-        let hi = (frames.end + context).min(n);
-        self.flow_through(latent, hi)?;
+        let lo = frames.start.saturating_sub(context.decoder);
+        let hi = (frames.end + context.decoder).min(n);
+        let started = Instant::now();
+        self.flow_through(latent, hi, context.flow)?;
+        latent.times.flow += started.elapsed();
+        let started = Instant::now();
         let z = latent
             .z
             .as_ref()
@@ -1165,26 +1183,22 @@ impl Vits {
         };
         let audio = self.dec.forward(&z, latent.speaker.as_ref())?;
         let hop = self.hop_length();
-        Ok(audio
+        let audio = audio
             .flatten_all()?
             .narrow(0, (frames.start - lo) * hop, frames.len() * hop)?
             .to_dtype(DType::F32)?
-            .to_vec1::<f32>()?)
+            .to_vec1::<f32>()?;
+        latent.times.decoder += started.elapsed();
+        Ok(audio)
     }
+}
 
-    pub fn synthesize(
-        &self,
-        ids: &[i64],
-        speaker_id: i64,
-        noise_scale: f32,
-        length_scale: f32,
-        noise_w: f32,
-        seed: u64,
-    ) -> Result<Vec<f32>> {
-        let mut latent = self.latent(ids, speaker_id, noise_scale, length_scale, noise_w, seed)?;
-        let frames = latent.frames;
-        self.decode_frames(&mut latent, 0..frames, 0)
-    }
+/// Latent frames of context on each side of a window: what the flow and the
+/// decoder each run over beyond the frames they are asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Context {
+    pub decoder: usize,
+    pub flow: usize,
 }
 
 /// One sentence's latent and its speaker conditioning.
@@ -1196,9 +1210,29 @@ pub struct Latent {
     z: Option<Tensor>,
     frames: usize,
     speaker: Option<Tensor>,
+    times: StageTimes,
+}
+
+/// Where one sentence's synthesis time went so far, by stage (wall time on
+/// the calling thread, threads inside each stage included).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StageTimes {
+    /// Text encoder over the whole sentence.
+    pub encoder: Duration,
+    /// Duration predictor, length regulation and the prior's noise.
+    pub durations: Duration,
+    /// Reverse flow, over the stretches decoded so far.
+    pub flow: Duration,
+    /// HiFi-GAN decoder, over the windows decoded so far.
+    pub decoder: Duration,
 }
 
 impl Latent {
+    /// Time spent on this sentence so far.
+    pub fn times(&self) -> StageTimes {
+        self.times
+    }
+
     /// Latent frames; the audio is `frames * hop_length` samples.
     pub fn frames(&self) -> usize {
         self.frames

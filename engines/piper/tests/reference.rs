@@ -237,6 +237,48 @@ fn decode_context_sweep() {
     }
 }
 
+/// Prints, per flow context (decoder context at the voice's default), the
+/// largest difference between chunked and whole decoding over all reference
+/// cases (run with --ignored --nocapture).
+#[test]
+#[ignore = "measurement, not a check"]
+fn flow_context_sweep() {
+    let Some(f) = fixture() else { return };
+    let rf = f.voice.flow_receptive_field_frames();
+    eprintln!("flow receptive field {rf} frames");
+    let wholes: Vec<(Vec<i64>, Vec<f32>)> = f
+        .cases
+        .iter()
+        .flat_map(|c| c.sentences.iter())
+        .map(|s| {
+            let w = f
+                .voice
+                .synthesize_ids(&s.ids, Scales::DETERMINISTIC, 0)
+                .expect("synthesize");
+            (s.ids.clone(), w)
+        })
+        .collect();
+    let mut voice = f.voice;
+    for context in (0..=rf).rev().step_by(4) {
+        voice = voice.with_flow_context(context);
+        let worst = wholes
+            .iter()
+            .map(|(ids, whole)| {
+                max_abs_diff(
+                    &chunked(
+                        &voice,
+                        ids,
+                        Scales::DETERMINISTIC,
+                        DecodeWindows::Chunked { first: 8, max: 32 },
+                    ),
+                    whole,
+                )
+            })
+            .fold(0f32, f32::max);
+        eprintln!("flow context {context}: max |chunked - whole| {worst:.3e}");
+    }
+}
+
 #[test]
 fn phonemizer_matches_reference_ids() {
     let Some(f) = fixture() else { return };
