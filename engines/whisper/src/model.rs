@@ -460,7 +460,10 @@ impl WhisperModel {
         // send the decoder round a loop Whisper's own checks let through
         // ("No. No. No. No." for "No."); the 30 s context it was trained on
         // does not. Such a decode is redone there: rare, and right.
-        let AudioContext::Trimmed { min_frames } = self.context else {
+        // Partials are overwritten within a second: their copy is cut (see
+        // decode_tokens), and a wider retry would only hold up the final.
+        let (AudioContext::Trimmed { min_frames }, Effort::Fallback) = (self.context, effort)
+        else {
             return Ok(decoded);
         };
         if !decoded.loops && !loops::repeats_a_sentence(&decoded.text) {
