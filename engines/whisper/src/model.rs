@@ -466,7 +466,7 @@ impl WhisperModel {
         else {
             return Ok(decoded);
         };
-        if !decoded.loops && !loops::repeats_a_sentence(&decoded.text) {
+        if !decoded.repeated_sentence && !loops::repeats_a_sentence(&decoded.text) {
             return Ok(decoded);
         }
         // A 10 s floor was enough on the one-word clips measured (0.6 s of
@@ -477,7 +477,7 @@ impl WhisperModel {
                 min_frames: LOOP_RETRY_MIN_FRAMES,
             };
             let decoded = self.decode_window_in(whisper, window, effort, rng, retry)?;
-            if !decoded.loops && !loops::repeats_a_sentence(&decoded.text) {
+            if !decoded.repeated_sentence && !loops::repeats_a_sentence(&decoded.text) {
                 return Ok(decoded);
             }
         }
@@ -536,6 +536,7 @@ impl WhisperModel {
         let mut no_speech_prob = 0.0f64;
         let mut finished = false;
         let mut looped = false;
+        let mut repeated_sentence = false;
         let mut detector = LoopDetector::default();
         let mut sentences = SentenceRepeats::default();
         // Where each word token sits in `tokens`, to cut a loop off.
@@ -602,6 +603,7 @@ impl WhisperModel {
                 // under the letter count the detector above needs.
                 tokens.truncate(copy_starts);
                 looped = true;
+                repeated_sentence = true;
                 finished = true;
                 break;
             }
@@ -618,6 +620,7 @@ impl WhisperModel {
             compression_ratio: compression_ratio(&text),
             text,
             loops: looped,
+            repeated_sentence,
             tokens,
             sum_logprob,
             no_speech_prob,
@@ -640,6 +643,11 @@ struct WindowDecode {
     /// Whether the decode was stopped because it started saying again what
     /// it had just said (the copy is cut off `tokens`).
     loops: bool,
+    /// Whether the cut was a short sentence said again ("No. No."): the
+    /// trimmed context's failure on a word or two of audio, which a wider
+    /// context decodes right. A long phrase's loop, cut, leaves the right
+    /// words and is kept.
+    repeated_sentence: bool,
     temperature: f64,
     /// Whether end-of-text was reached, or a loop cut, before the token
     /// limit.
