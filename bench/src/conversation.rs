@@ -26,7 +26,7 @@ use voxwire_proto::voxwire::v1::{
 
 use crate::client::connect;
 use crate::error::{BenchError, Result};
-use crate::procs::{free_addr, Bins, Proc};
+use crate::procs::Bins;
 use crate::stack::{self, Engine, StackSpec};
 use crate::stats::Pcts;
 
@@ -34,6 +34,11 @@ use crate::stats::Pcts;
 const MIC_RATE: u32 = 16_000;
 /// 20 ms at [`MIC_RATE`].
 const CHUNK_SAMPLES: usize = (MIC_RATE / 50) as usize;
+/// Silence before the first utterance.
+const LEAD: Duration = Duration::from_millis(500);
+/// Events come at least once per utterance (its final) and the gap between
+/// utterances is seconds: this much silence from the orchestrator is a hang.
+const EVENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the simulated speaker says, one utterance each: ordinary requests a
 /// voice agent hears, short and long.
@@ -96,22 +101,6 @@ struct Clip {
 }
 
 pub async fn run(config: &ConversationConfig, bins: &Bins, logs: &Path) -> Result<VoiceToVoice> {
-    let stt_addr = free_addr()?;
-    let stt_args = vec![
-        "--listen".to_string(),
-        stt_addr.clone(),
-        "--model".into(),
-        config.whisper.display().to_string(),
-    ];
-    let mut stt = Proc::spawn(
-        &bins.path("stt-worker"),
-        "conversation-stt-worker",
-        stt_addr.clone(),
-        &stt_args,
-        logs,
-    )?;
-    stt.wait_serving("stt.STTService", stack::START_TIMEOUT)
-        .await?;
     let spec = StackSpec {
         workers: 1,
         engine: Engine::Piper {
@@ -120,7 +109,7 @@ pub async fn run(config: &ConversationConfig, bins: &Bins, logs: &Path) -> Resul
         },
         orchestrator: true,
         bare_relay: false,
-        stt: Some(stt_addr),
+        stt: Some(config.whisper.clone()),
     };
     let mut stack = stack::start(&spec, bins, logs, "conversation").await?;
     let clips = speak_clips(&stack.worker_addrs()[0]).await?;
@@ -134,10 +123,8 @@ pub async fn run(config: &ConversationConfig, bins: &Bins, logs: &Path) -> Resul
     // stack: the difference is what partial decodes cost the final.
     let with_partials = converse(&mut client, &clips, config, true).await?;
     stack.check_alive()?;
-    stt.check_alive()?;
     let without_partials = converse(&mut client, &clips, config, false).await?;
     stack.check_alive()?;
-    stt.check_alive()?;
     Ok(VoiceToVoice {
         with_partials,
         without_partials,
@@ -153,9 +140,8 @@ async fn converse(
     partials: bool,
 ) -> Result<ConversationResult> {
     // The whole microphone stream, and where each utterance's speech ends in it.
-    let lead = vec![0.0f32; samples(Duration::from_millis(500))];
     let gap = vec![0.0f32; samples(config.gap)];
-    let mut mic = lead.clone();
+    let mut mic = vec![0.0f32; samples(LEAD)];
     let mut scripts = Vec::new();
     let mut ends = Vec::new();
     for _ in 0..config.passes.max(1) {
@@ -212,13 +198,12 @@ async fn converse(
     // Finals with text and the first audio of each echo turn, in order.
     let mut finals: Vec<(Instant, String)> = Vec::new();
     let mut echo_starts: Vec<(u64, Instant)> = Vec::new();
-    let deadline = Duration::from_secs_f64(ends.len() as f64 * 10.0 + 60.0);
     loop {
-        let event = match tokio::time::timeout(deadline, events.message()).await {
+        let event = match tokio::time::timeout(EVENT_TIMEOUT, events.message()).await {
             Ok(event) => event?,
             Err(_) => {
                 return Err(BenchError::Setup(format!(
-                    "Converse gave nothing for {deadline:?}"
+                    "Converse gave nothing for {EVENT_TIMEOUT:?}"
                 )))
             }
         };

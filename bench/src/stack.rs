@@ -9,7 +9,7 @@ use crate::procs::{free_addr, Bins, Proc};
 
 /// How long a process may take to report SERVING (a Piper worker loads and
 /// warms its voice first; a debug build is slower).
-pub const START_TIMEOUT: Duration = Duration::from_secs(120);
+const START_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Clone)]
 pub enum Engine {
@@ -25,6 +25,7 @@ pub enum Engine {
 
 pub struct Stack {
     pub workers: Vec<Proc>,
+    pub stt_worker: Option<Proc>,
     pub orchestrator: Option<Proc>,
     /// HOST:PORT of the orchestrator's HTTP side port.
     pub orchestrator_http: Option<String>,
@@ -45,6 +46,7 @@ impl Stack {
         for proc in self
             .workers
             .iter_mut()
+            .chain(self.stt_worker.iter_mut())
             .chain(self.orchestrator.iter_mut())
             .chain(self.bare_relay.iter_mut())
         {
@@ -61,9 +63,9 @@ pub struct StackSpec {
     pub orchestrator: bool,
     /// A bare pass-through relay in front of the first worker.
     pub bare_relay: bool,
-    /// HOST:PORT of an STT worker for the orchestrator's STT pool (none: no
-    /// STT pool).
-    pub stt: Option<String>,
+    /// A Whisper model directory: one STT worker with it, in the
+    /// orchestrator's STT pool (none: no STT worker, no STT pool).
+    pub stt: Option<PathBuf>,
 }
 
 pub async fn start(spec: &StackSpec, bins: &Bins, logs: &Path, tag: &str) -> Result<Stack> {
@@ -113,6 +115,27 @@ pub async fn start(spec: &StackSpec, bins: &Bins, logs: &Path, tag: &str) -> Res
     for worker in &mut workers {
         worker.wait_serving("tts.TTSService", START_TIMEOUT).await?;
     }
+    let stt_worker = match &spec.stt {
+        Some(model) => {
+            let addr = free_addr()?;
+            let args = vec![
+                "--listen".to_string(),
+                addr.clone(),
+                "--model".into(),
+                model.display().to_string(),
+            ];
+            let mut proc = Proc::spawn(
+                &bins.path("stt-worker"),
+                &format!("{tag}-stt-worker"),
+                addr,
+                &args,
+                logs,
+            )?;
+            proc.wait_serving("stt.STTService", START_TIMEOUT).await?;
+            Some(proc)
+        }
+        None => None,
+    };
     let targets = workers
         .iter()
         .map(|w| w.addr.clone())
@@ -123,7 +146,9 @@ pub async fn start(spec: &StackSpec, bins: &Bins, logs: &Path, tag: &str) -> Res
     let orchestrator = if spec.orchestrator {
         let addr = free_addr()?;
         let http = free_addr()?;
-        let stt = spec.stt.clone().unwrap_or_default();
+        let stt = stt_worker
+            .as_ref()
+            .map_or_else(String::new, |w| w.addr.clone());
         let args: Vec<String> = [
             "--listen",
             &addr,
@@ -190,6 +215,7 @@ pub async fn start(spec: &StackSpec, bins: &Bins, logs: &Path, tag: &str) -> Res
     };
     Ok(Stack {
         workers,
+        stt_worker,
         orchestrator,
         orchestrator_http,
         bare_relay,

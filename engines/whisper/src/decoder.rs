@@ -229,31 +229,21 @@ impl CachedDecoder {
     /// Logits over the vocabulary for one position's hidden state
     /// (`(1, n, state)`, position `index`): the embedding matrix, tied.
     ///
-    /// One dot product per vocabulary row, the rows split between the
-    /// threads. A matrix-vector product over 51,864 rows is bound by reading
-    /// the matrix (80 MB in f32 for tiny.en), and candle's matmul, built for
-    /// matrices, took three times as long on it: 12 ms of a 15 ms step.
+    /// One dot product per vocabulary row, the rows shared out over rayon's
+    /// pool (no thread started per step). A matrix-vector product over
+    /// 51,864 rows is bound by reading the matrix (80 MB in f32 for tiny.en),
+    /// and candle's matmul, built for matrices, took three times as long on
+    /// it: 12 ms of a 15 ms step.
     pub(crate) fn logits(&self, hidden: &Tensor, index: usize) -> candle_core::Result<Vec<f32>> {
+        use rayon::prelude::*;
         let h: Vec<f32> = hidden.narrow(1, index, 1)?.flatten_all()?.to_vec1()?;
-        let state = h.len();
-        let vocab = self.embedding_rows.len() / state.max(1);
-        let mut logits = vec![0.0f32; vocab];
-        let threads = candle_core::utils::get_num_threads().clamp(1, 8);
-        let rows_per = vocab.div_ceil(threads).max(1);
-        std::thread::scope(|scope| {
-            for (out, rows) in logits
-                .chunks_mut(rows_per)
-                .zip(self.embedding_rows.chunks(rows_per * state))
-            {
-                let h = &h;
-                scope.spawn(move || {
-                    for (logit, row) in out.iter_mut().zip(rows.chunks_exact(state)) {
-                        *logit = dot(row, h);
-                    }
-                });
-            }
-        });
-        Ok(logits)
+        let state = h.len().max(1);
+        Ok(self
+            .embedding_rows
+            .par_chunks_exact(state)
+            .with_min_len(1_024)
+            .map(|row| dot(row, &h))
+            .collect())
     }
 }
 
