@@ -42,6 +42,15 @@ pub fn channel_with(
     target: &str,
     tls: Option<&voxwire_service::tls::ClientTls>,
 ) -> Result<Channel, tonic::transport::Error> {
+    Ok(endpoint_with(target, tls)?.connect_lazy())
+}
+
+/// The endpoint [`channel_with`] connects to, for a caller that wants to
+/// connect now and learn whether the target is there at all.
+pub fn endpoint_with(
+    target: &str,
+    tls: Option<&voxwire_service::tls::ClientTls>,
+) -> Result<Endpoint, tonic::transport::Error> {
     let authority = target.split_once("://").map_or(target, |(_, rest)| rest);
     let scheme = if tls.is_some() { "https" } else { "http" };
     let mut endpoint = Endpoint::from_shared(format!("{scheme}://{authority}"))?;
@@ -51,8 +60,7 @@ pub fn channel_with(
     Ok(endpoint
         .connect_timeout(PROMPT)
         .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(16 * STREAM_WINDOW)
-        .connect_lazy())
+        .initial_connection_window_size(16 * STREAM_WINDOW))
 }
 
 /// Everything a case needs, cheap to clone into spawned tasks.
@@ -389,6 +397,33 @@ pub(crate) async fn health_unknown(ctx: Ctx) -> CaseResult {
     )
     .await?;
     expect_code(&format!("Check({name:?})"), answer, tonic::Code::NotFound)?;
+    // Watch must not end the call: a prober watching a name the server
+    // does not serve yet is told SERVICE_UNKNOWN and kept informed.
+    let expected = format!("Watch({name:?}) to send SERVICE_UNKNOWN and stay open");
+    let mut stream = prompt(
+        "health Watch",
+        ctx.health().watch(HealthCheckRequest {
+            service: name.to_string(),
+        }),
+    )
+    .await?
+    .map_err(|status| Failure::new(&expected, status_text(&status)))?;
+    match tokio::time::timeout(PROMPT, stream.next()).await {
+        Err(_) => return Err(Failure::new(&expected, "no first update within 5 s")),
+        Ok(None) => return Err(Failure::new(&expected, "the stream ended with no update")),
+        Ok(Some(Err(status))) => return Err(Failure::new(&expected, status_text(&status))),
+        Ok(Some(Ok(update))) => ensure(
+            update.status == ServingStatus::ServiceUnknown as i32,
+            &expected,
+            format!("first update {}", serving_name(update.status)),
+        )?,
+    }
+    if let Ok(None) = tokio::time::timeout(WATCH_HOLD, stream.next()).await {
+        return Err(Failure::new(
+            &expected,
+            "the stream ended after SERVICE_UNKNOWN",
+        ));
+    }
     pass()
 }
 

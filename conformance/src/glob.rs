@@ -6,12 +6,14 @@
 /// A set of alternative patterns; a case id matches when any one does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Glob {
+    spec: String,
     patterns: Vec<Vec<char>>,
 }
 
 impl Glob {
     pub fn new(spec: &str) -> Glob {
         Glob {
+            spec: spec.to_string(),
             patterns: spec
                 .split(',')
                 .map(str::trim)
@@ -19,6 +21,11 @@ impl Glob {
                 .map(|p| p.chars().collect())
                 .collect(),
         }
+    }
+
+    /// The spec as given on the command line.
+    pub fn as_str(&self) -> &str {
+        &self.spec
     }
 
     pub fn is_match(&self, id: &str) -> bool {

@@ -250,6 +250,19 @@ pub fn config_request(session: &str, sample_rate: i32, partials: bool) -> Recogn
     }
 }
 
+/// A 16 kHz config naming a model and a language (empty: the defaults).
+pub fn chosen_config_request(session: &str, model_id: &str, language: &str) -> RecognizeRequest {
+    RecognizeRequest {
+        request: Some(recognize_request::Request::Config(RecognitionConfig {
+            session_id: session.to_string(),
+            sample_rate: 16_000,
+            model_id: model_id.to_string(),
+            language: language.to_string(),
+            ..Default::default()
+        })),
+    }
+}
+
 pub fn audio_request(audio: Vec<u8>, is_final: bool) -> RecognizeRequest {
     RecognizeRequest {
         request: Some(recognize_request::Request::Audio(AudioChunk {

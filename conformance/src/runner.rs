@@ -31,6 +31,14 @@ pub enum RunError {
     },
     #[error("known-failing list, line {line}: no case {id:?} (conformance list shows the ids)")]
     UnknownCase { line: usize, id: String },
+    /// A selection of nothing would report CONFORMS having checked nothing.
+    #[error(
+        "no {} case is selected by {selection} (`conformance list {}` shows the ids)", service.as_str(), service.as_str()
+    )]
+    NothingSelected { service: Service, selection: String },
+    /// Every case would fail the same way; one line says why instead.
+    #[error("cannot reach {target}: {reason}; no case was run")]
+    Unreachable { target: String, reason: String },
 }
 
 /// Starts the target's drain, as SIGTERM does. Only a suite that started the
@@ -99,6 +107,16 @@ impl RunConfig {
             .filter(|c| self.run.as_ref().is_none_or(|g| g.is_match(c.id)))
             .filter(|c| !self.skip.as_ref().is_some_and(|g| g.is_match(c.id)))
             .collect()
+    }
+
+    /// The `--run` / `--skip` options as given, for messages.
+    pub fn selection(&self) -> String {
+        match (&self.run, &self.skip) {
+            (None, None) => "the catalogue".to_string(),
+            (Some(run), None) => format!("--run {}", run.as_str()),
+            (None, Some(skip)) => format!("--skip {}", skip.as_str()),
+            (Some(run), Some(skip)) => format!("--run {} --skip {}", run.as_str(), skip.as_str()),
+        }
     }
 
     /// The command that replays one case on one input.
@@ -219,15 +237,31 @@ impl Report {
 /// load metrics, and running them side by side would make each the others'
 /// noise.
 pub async fn run(config: &RunConfig) -> Result<Report, RunError> {
-    let channel = client::channel_with(&config.target, config.tls.as_ref()).map_err(|source| {
+    let selected = config.selected();
+    if selected.is_empty() {
+        return Err(RunError::NothingSelected {
+            service: config.service,
+            selection: config.selection(),
+        });
+    }
+    let endpoint = client::endpoint_with(&config.target, config.tls.as_ref()).map_err(|source| {
         RunError::Target {
             target: config.target.clone(),
             source,
         }
     })?;
+    // Connected once up front: the channel reconnects on its own later, so a
+    // worker that restarts mid-run fails only the cases it was gone for.
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| RunError::Unreachable {
+            target: config.target.clone(),
+            reason: voxwire_service::error_chain(&e),
+        })?;
     let run_started = Instant::now();
     let mut results: Vec<CaseReport> = Vec::new();
-    for case in config.selected() {
+    for case in selected {
         let ctx = Ctx::new(
             channel.clone(),
             case.id,

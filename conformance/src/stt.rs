@@ -343,6 +343,113 @@ pub(crate) async fn bad_rate(ctx: Ctx) -> CaseResult {
     .await
 }
 
+/// What the worker's GetCapabilities offers a config: resident models and
+/// languages.
+async fn offer(ctx: &Ctx) -> Result<(Vec<String>, Vec<String>), Failure> {
+    let caps = must_ok(
+        "GetCapabilities",
+        ctx.stt()
+            .get_capabilities(voxwire_proto::stt::GetCapabilitiesRequest {}),
+    )
+    .await?;
+    let languages = caps.capabilities.map(|c| c.languages).unwrap_or_default();
+    Ok((caps.resident_models, languages))
+}
+
+/// A call with `config` that must end OK: what the worker offers is accepted.
+async fn expect_accepted(ctx: &Ctx, what: &str, config: RecognizeRequest) -> Result<(), Failure> {
+    let call = recognize(
+        ctx,
+        vec![config, audio_request(silence(16_000, 200), true)],
+        Duration::ZERO,
+        true,
+        CALL_DEADLINE,
+    )
+    .await;
+    match &call.end {
+        End::Ok => Ok(()),
+        other => Err(Failure::new(
+            format!("{what} to be accepted (it is what GetCapabilities offers)"),
+            end_text(other),
+        )
+        .with_trace(call.trace(), None)),
+    }
+}
+
+pub(crate) async fn unknown_model(ctx: Ctx) -> CaseResult {
+    let (models, _) = offer(&ctx).await?;
+    let missing = "voxwire-conformance-no-such-model";
+    if models.iter().any(|m| m == missing) {
+        return skip(format!("the worker lists {missing:?} as resident"));
+    }
+    let session = ctx.session_id();
+    expect_status(
+        &ctx,
+        &format!("a config naming model_id {missing:?} (resident: {models:?})"),
+        vec![
+            inputs::chosen_config_request(&session, missing, ""),
+            audio_request(silence(16_000, 100), true),
+        ],
+        Code::NotFound,
+    )
+    .await?;
+    if let Some(resident) = models.first() {
+        let session = ctx.session_id();
+        expect_accepted(
+            &ctx,
+            &format!("a config naming the resident model {resident:?}"),
+            inputs::chosen_config_request(&session, resident, ""),
+        )
+        .await?;
+    }
+    pass()
+}
+
+pub(crate) async fn bad_language(ctx: Ctx) -> CaseResult {
+    let (_, languages) = offer(&ctx).await?;
+    let offered = |tag: &str| {
+        voxwire_proto::stt_stream::primary_language(tag).is_some_and(|primary| {
+            languages.iter().any(|l| {
+                voxwire_proto::stt_stream::primary_language(l)
+                    .is_some_and(|p| p.eq_ignore_ascii_case(primary))
+            })
+        })
+    };
+    // Malformed tags, and well-formed ones the worker does not list.
+    let refused: Vec<&str> = ["en_US", "english!", "e", "en--GB", "x"]
+        .into_iter()
+        .chain(["qaa", "zxx-Latn"].into_iter().filter(|tag| !offered(tag)))
+        .collect();
+    for language in refused {
+        let session = ctx.session_id();
+        expect_status(
+            &ctx,
+            &format!("a config with language {language:?} (offered: {languages:?})"),
+            vec![
+                inputs::chosen_config_request(&session, "", language),
+                audio_request(silence(16_000, 100), true),
+            ],
+            Code::InvalidArgument,
+        )
+        .await?;
+    }
+    if let Some(primary) = languages
+        .first()
+        .and_then(|l| voxwire_proto::stt_stream::primary_language(l))
+    {
+        // A region of an offered language is that language.
+        let regional = format!("{primary}-001");
+        let session = ctx.session_id();
+        expect_accepted(
+            &ctx,
+            &format!("a config with language {regional:?}"),
+            inputs::chosen_config_request(&session, "", &regional),
+        )
+        .await?;
+    }
+    pass()
+}
+
 pub(crate) async fn odd_bytes(ctx: Ctx) -> CaseResult {
     let probe_ctx = ctx.clone();
     let odd = proptest::strategy::Strategy::prop_map(0usize..1000, |n| 2 * n + 1);

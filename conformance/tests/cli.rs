@@ -214,6 +214,50 @@ async fn a_typo_in_the_known_failing_list_is_an_error() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("tts/health/chek"));
 }
 
+/// Regression: a `--run` glob that matched nothing reported CONFORMS and
+/// exited 0, having checked nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_glob_that_selects_nothing_is_an_error_not_a_pass() {
+    let output = conformance(
+        args(&["tts", "--target", "127.0.0.1:1", "--run", "tts/no-such-family/*"]),
+        Vec::new(),
+    )
+    .await;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("no tts case is selected by --run tts/no-such-family/*"),
+        "{stderr}"
+    );
+    assert!(!stdout(&output).contains("CONFORMS"), "{}", stdout(&output));
+}
+
+/// Regression: a target nobody listens on ran every case, each failing on
+/// its own connect error, instead of one clear line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_target_is_one_clear_error_and_no_case_runs() {
+    // Bound and dropped: a loopback port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let target = format!("127.0.0.1:{port}");
+    let started = std::time::Instant::now();
+    let output = conformance(args(&["tts", "--target", &target]), Vec::new()).await;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&format!("cannot reach {target}")), "{stderr}");
+    assert!(stderr.contains("no case was run"), "{stderr}");
+    // Said once: the transport's repeated cause is left out.
+    assert!(!stderr.contains("tcp connect error: tcp connect error"), "{stderr}");
+    let text = stdout(&output);
+    assert!(!text.contains("FAIL"), "cases ran: {text}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "not one case timeout per case"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spawned_worker_that_dies_is_reported_not_waited_for() {
     let started = std::time::Instant::now();

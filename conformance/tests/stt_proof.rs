@@ -99,6 +99,8 @@ fault_tests! {
     ignore_chunk_limit => IgnoreChunkLimit,
     ignore_duration_limit => IgnoreDurationLimit,
     accept_invalid_session => AcceptInvalidSession,
+    accept_any_model => AcceptAnyModel,
+    accept_any_language => AcceptAnyLanguage,
     capacity_not_enforced => CapacityNotEnforced,
     health_always_serving => HealthAlwaysServing,
     health_absent => HealthAbsent,

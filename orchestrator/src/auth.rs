@@ -349,7 +349,12 @@ pub async fn http_guard(
         return next.run(request).await;
     }
     let authority = request.uri().authority().map(http::uri::Authority::as_str);
-    if let Err(reason) = check_origin(request.headers(), authority, &guard.allowed_origins) {
+    if let Err(reason) = check_origin(
+        request.headers(),
+        authority,
+        &guard.allowed_origins,
+        guard.gate.requires_token(),
+    ) {
         tracing::warn!(%reason, "HTTP request refused: origin");
         return (http::StatusCode::FORBIDDEN, reason).into_response();
     }
@@ -410,15 +415,24 @@ fn percent_decode(value: &str) -> String {
 }
 
 /// A cross-site page must not drive the console's WebSocket with its
-/// visitor's browser: when a request carries an Origin (browsers always send
-/// one), its host must be the Host served (or the URI's authority, HTTP/2), or
-/// the Origin must be one of `allowed` (`--console-origins`, normalised by
-/// `config::parse_origins`). The one origin rule of the console: the
-/// WebSocket upgrade and the token guard both call it.
+/// visitor's browser. When a request carries an Origin (browsers always send
+/// one), either the Origin is one of `allowed` (`--console-origins`,
+/// normalised by `config::parse_origins`), or all of these hold:
+/// - it is `http://` and its host is the Host served (or the URI's
+///   authority, HTTP/2): this port serves plain HTTP, so an `https://` page
+///   is another origin (behind a TLS proxy, list the public origin);
+/// - when no token is required (`token_required` false), that host is an IP
+///   literal or `localhost`: a page can rebind its own DNS name to this
+///   address, and then its Origin and Host agree (DNS rebinding). With a
+///   token such a page still holds no token.
+///
+/// The one origin rule of the side port: the WebSocket upgrade, the token
+/// guard and the `/v1` guard all call it.
 pub fn check_origin(
     headers: &http::HeaderMap,
     authority: Option<&str>,
     allowed: &[String],
+    token_required: bool,
 ) -> Result<(), String> {
     let Some(origin) = headers.get(http::header::ORIGIN) else {
         // Not a browser; the token check, when on, is what stands.
@@ -431,21 +445,57 @@ pub fn check_origin(
     if allowed.contains(&normalised) {
         return Ok(());
     }
-    let origin_host = normalised
+    let (scheme, origin_host) = normalised
         .split_once("://")
-        .map_or(normalised.as_str(), |(_, rest)| rest);
+        .ok_or_else(|| format!("Origin {origin} is not a web origin: refused"))?;
     let host = headers
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
         .or(authority);
-    match host {
-        Some(host) if host.eq_ignore_ascii_case(origin_host) => Ok(()),
-        _ => Err(format!(
-            "Origin {origin} is not this host ({}) nor in --console-origins: \
-             cross-origin console connections are refused",
-            host.unwrap_or("no Host header")
-        )),
+    let host = match host {
+        Some(host) if host.eq_ignore_ascii_case(origin_host) => host,
+        _ => {
+            return Err(format!(
+                "Origin {origin} is not this host ({}) nor in --console-origins: \
+                 cross-origin console connections are refused",
+                host.unwrap_or("no Host header")
+            ))
+        }
+    };
+    if scheme != "http" {
+        return Err(format!(
+            "Origin {origin} is not http://{host}, the origin this port serves: refused \
+             (behind a TLS proxy, add {normalised} to --console-origins)"
+        ));
     }
+    if !token_required && !is_address_literal(host) {
+        return Err(format!(
+            "Host {host} is a name and no token is set, so a page that points its own \
+             name at this address would pass as same-origin (DNS rebinding): refused. \
+             Add http://{host} to --console-origins, set --auth-token, or browse to \
+             an IP address or localhost"
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a Host value (with or without a port) names no DNS name a page
+/// could rebind: an IP literal, `localhost` or a `.localhost` name (which
+/// browsers resolve to loopback themselves).
+fn is_address_literal(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        // [v6] or [v6]:port
+        Some(rest) => return rest.split_once(']').is_some_and(|(ip, _)| ip.parse::<std::net::Ipv6Addr>().is_ok()),
+        None => host.rsplit_once(':').map_or(host, |(name, port)| {
+            if port.chars().all(|c| c.is_ascii_digit()) {
+                name
+            } else {
+                host
+            }
+        }),
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name.parse::<std::net::Ipv4Addr>().is_ok() || name == "localhost" || name.ends_with(".localhost")
 }
 
 #[cfg(test)]
@@ -517,31 +567,81 @@ mod tests {
             h
         };
         let here = "127.0.0.1:8080";
-        assert!(check_origin(&headers(here, None), None, &[]).is_ok());
-        assert!(check_origin(&headers(here, Some("http://127.0.0.1:8080")), None, &[]).is_ok());
-        assert!(check_origin(
-            &headers("Voxwire:8080", Some("https://voxwire:8080/")),
-            None,
-            &[]
-        )
-        .is_ok());
-        assert!(check_origin(&headers(here, Some("http://evil.example")), None, &[]).is_err());
-        assert!(check_origin(&headers(here, Some("http://127.0.0.1:9999")), None, &[]).is_err());
+        for token in [false, true] {
+            assert!(check_origin(&headers(here, None), None, &[], token).is_ok());
+            let same = headers(here, Some("http://127.0.0.1:8080"));
+            assert!(check_origin(&same, None, &[], token).is_ok());
+            let evil = headers(here, Some("http://evil.example"));
+            assert!(check_origin(&evil, None, &[], token).is_err());
+            let other_port = headers(here, Some("http://127.0.0.1:9999"));
+            assert!(check_origin(&other_port, None, &[], token).is_err());
+        }
         // Behind a proxy that rewrites Host, the public origin must be listed.
         let allowed = ["https://voice.example.com".to_string()];
         let proxied = headers(here, Some("https://Voice.example.com"));
-        assert!(check_origin(&proxied, None, &[]).is_err());
-        assert!(check_origin(&proxied, None, &allowed).is_ok());
+        assert!(check_origin(&proxied, None, &[], false).is_err());
+        assert!(check_origin(&proxied, None, &allowed, false).is_ok());
         let lookalike = headers(here, Some("https://voice.example.com.evil.example"));
-        assert!(check_origin(&lookalike, None, &allowed).is_err());
+        assert!(check_origin(&lookalike, None, &allowed, false).is_err());
         // HTTP/2 carries the authority in the URI, not in Host.
         let mut h2 = http::HeaderMap::new();
         h2.insert(
             http::header::ORIGIN,
             "http://127.0.0.1:8080".parse().expect("origin"),
         );
-        assert!(check_origin(&h2, Some(here), &[]).is_ok());
-        assert!(check_origin(&h2, None, &[]).is_err());
+        assert!(check_origin(&h2, Some(here), &[], false).is_ok());
+        assert!(check_origin(&h2, None, &[], false).is_err());
+    }
+
+    /// Regression: the scheme was ignored, so a page served over https (or
+    /// any other scheme) on the same host name passed as same-origin.
+    #[test]
+    fn an_origin_of_another_scheme_is_another_origin() {
+        let mut h = http::HeaderMap::new();
+        h.insert(http::header::HOST, "127.0.0.1:8080".parse().expect("host"));
+        for origin in ["https://127.0.0.1:8080", "ws://127.0.0.1:8080", "null"] {
+            h.insert(http::header::ORIGIN, origin.parse().expect("origin"));
+            assert!(check_origin(&h, None, &[], true).is_err(), "{origin}");
+        }
+        let listed = ["https://127.0.0.1:8080".to_string()];
+        h.insert(
+            http::header::ORIGIN,
+            "https://127.0.0.1:8080".parse().expect("origin"),
+        );
+        assert!(check_origin(&h, None, &listed, false).is_ok());
+    }
+
+    /// Regression: with no token, a page whose DNS name was rebound to the
+    /// orchestrator's address passed the check (its Origin and Host agree).
+    #[test]
+    fn a_host_name_needs_a_token_or_a_listing_against_dns_rebinding() {
+        let request = |host: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(http::header::HOST, host.parse().expect("host"));
+            let origin = format!("http://{host}");
+            h.insert(http::header::ORIGIN, origin.parse().expect("origin"));
+            h
+        };
+        let rebound = request("attacker.example:8080");
+        let refused = check_origin(&rebound, None, &[], false).expect_err("rebinding");
+        assert!(refused.contains("--console-origins"), "{refused}");
+        assert!(check_origin(&rebound, None, &[], true).is_ok());
+        let listed = ["http://attacker.example:8080".to_string()];
+        assert!(check_origin(&rebound, None, &listed, false).is_ok());
+        for literal in [
+            "127.0.0.1:8080",
+            "10.1.2.3",
+            "[::1]:8080",
+            "localhost:8080",
+            "LocalHost",
+            "console.localhost:8080",
+        ] {
+            assert!(
+                check_origin(&request(literal), None, &[], false).is_ok(),
+                "{literal}"
+            );
+        }
+        assert!(check_origin(&request("localhost.example:8080"), None, &[], false).is_err());
     }
 
     #[test]

@@ -150,17 +150,29 @@ pub async fn start(
     })
 }
 
-/// Health is SERVING exactly while the orchestrator is ready (a SERVING
-/// worker of each kind in use), following pool changes as they happen.
+/// Health follows the pools as they change: `""` and the client API are
+/// SERVING exactly while the orchestrator is ready (a SERVING worker of each
+/// kind in use); each relayed worker service is SERVING while its own pool
+/// has a SERVING worker, so `stt.STTService` does not claim to serve with no
+/// STT pool behind it. The registry serves whenever the orchestrator does.
 async fn follow_readiness(app: Arc<Orchestrator>, health: Health) {
     let mut tts = app.tts.pool().subscribe();
     let mut stt = app.stt.pool().subscribe();
-    let mut reported = None;
     loop {
-        let ready = app.is_ready() && !app.drain.is_draining();
-        if reported != Some(ready) {
-            health.set_serving(ready).await;
-            reported = Some(ready);
+        let up = !app.drain.is_draining();
+        let ready = up && app.is_ready();
+        health.set_service_serving("", ready).await;
+        health.set_service_serving(service_names::VOXWIRE, ready).await;
+        health
+            .set_service_serving(service_names::TTS, up && app.tts.pool().any_serving())
+            .await;
+        health
+            .set_service_serving(service_names::STT, up && app.stt.pool().any_serving())
+            .await;
+        if health.status(service_names::REGISTRY).is_some() {
+            health
+                .set_service_serving(service_names::REGISTRY, up)
+                .await;
         }
         tokio::select! {
             changed = tts.changed() => if changed.is_err() { return },

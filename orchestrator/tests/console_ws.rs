@@ -103,6 +103,33 @@ async fn cross_origin_websocket_is_refused() {
     assert!(open(&orch, &same).await.is_ok());
 }
 
+/// Regression (DNS rebinding): with no token, a page at a name its owner
+/// had pointed at the orchestrator's address was let in, since its Origin
+/// and Host agree. It is refused; the same page by IP address is not.
+#[tokio::test]
+async fn a_rebound_host_name_is_refused_without_a_token() {
+    let orch = orchestrator(tts_args(&[])).await;
+    let port = orch.running.http_addr.port();
+    let mut request = format!("ws://{}/ws", orch.running.http_addr)
+        .into_client_request()
+        .expect("request");
+    let rebound = format!("attacker.example:{port}");
+    let headers = request.headers_mut();
+    headers.insert("host", HeaderValue::from_str(&rebound).expect("host"));
+    headers.insert(
+        "origin",
+        HeaderValue::from_str(&format!("http://{rebound}")).expect("origin"),
+    );
+    let refused = tokio_tungstenite::connect_async(request).await;
+    assert!(
+        refused.as_ref().is_err_and(|e| e.to_string().contains("403")),
+        "{:?}",
+        refused.map(|_| ())
+    );
+    let by_address = format!("http://{}", orch.running.http_addr);
+    assert!(open(&orch, &by_address).await.is_ok());
+}
+
 /// Behind a proxy that rewrites Host, the page's public origin differs from
 /// the Host the orchestrator sees: `--console-origins` lets exactly those in.
 #[tokio::test]

@@ -388,13 +388,19 @@ async fn converse_barge_in_silences_output_and_reports_latency() {
         mut events,
     } = conv;
     drop(requests);
-    let mut terminated = false;
+    let mut terminated = Vec::new();
     while let Some(event) = tokio::time::timeout(WAIT, events.next())
         .await
         .expect("in time")
     {
-        terminated |= is_state(&event.expect("event"), SessionState::Terminated);
+        if let Some(converse_event::Event::State(change)) = event.expect("event").event {
+            if change.to == SessionState::Terminated as i32 {
+                terminated.push(change.from);
+            }
+        }
     }
-    assert!(terminated);
+    // Once, and from the state it was in: the last event once read
+    // TERMINATED -> TERMINATED, the state read after the removal.
+    assert_eq!(terminated, [SessionState::Listening as i32]);
     assert!(orch.running.app.sessions.is_empty());
 }

@@ -284,6 +284,46 @@ async fn not_serving_worker_gets_no_work() {
     assert!(fake.synth_calls() > 0);
 }
 
+/// Regression: `stt.STTService` said SERVING on an orchestrator with no STT
+/// pool, because every service name followed the overall readiness.
+#[tokio::test]
+async fn each_relayed_service_is_serving_only_with_a_serving_pool_of_its_kind() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    let fake = FakeTts::new(Mode::Valid);
+    let server = fake_tts(fake, true).await;
+    let orch = orchestrator(tts_args(&[server.address()])).await;
+    wait_serving(&orch.channel, "").await;
+    wait_serving(&orch.channel, "tts.TTSService").await;
+    let mut health = HealthClient::new(orch.channel.clone());
+    let check = |service: &str| HealthCheckRequest {
+        service: service.into(),
+    };
+    let stt = health.check(check("stt.STTService")).await.expect("check");
+    assert_eq!(stt.into_inner().status, ServingStatus::NotServing as i32);
+
+    // The TTS pool's only worker leaves SERVING: its service follows.
+    server.set_serving(false).await;
+    let fake_address = server.address();
+    orch.wait_tts("fake NOT_SERVING", |all| {
+        state_of(all, &fake_address) == Some(EndpointState::NotServing)
+    })
+    .await;
+    let followed = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let tts = health.check(check("tts.TTSService")).await.expect("check");
+            if tts.into_inner().status == ServingStatus::NotServing as i32 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(followed.is_ok(), "tts.TTSService left SERVING with its pool");
+}
+
 #[tokio::test]
 async fn invalid_argument_is_never_retried_but_unavailable_is() {
     let bad = [

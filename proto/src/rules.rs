@@ -124,6 +124,10 @@ rules! {
         "The first RecognizeRequest carries config, and no later one does; otherwise INVALID_ARGUMENT.";
     SttConfigRate = "STT-CONFIG-RATE", Must, InvalidArgument,
         "config.sample_rate is 8000 to 48000 Hz; otherwise INVALID_ARGUMENT.";
+    SttModelUnknown = "STT-MODEL-UNKNOWN", Must, NotFound,
+        "A config naming a model_id the worker does not list in GetCapabilities resident_models fails with NOT_FOUND; empty means the worker's default.";
+    SttLanguageUnsupported = "STT-LANGUAGE-UNSUPPORTED", Must, InvalidArgument,
+        "A non-empty config.language is a well-formed BCP-47 tag whose primary language is one GetCapabilities lists (en-US for en); otherwise INVALID_ARGUMENT.";
     SttAudioOddBytes = "STT-AUDIO-ODD-BYTES", Must, InvalidArgument,
         "Every audio chunk holds whole 16-bit samples (an even byte count); otherwise INVALID_ARGUMENT.";
     SttAudioAfterEnd = "STT-AUDIO-AFTER-END", Must, InvalidArgument,

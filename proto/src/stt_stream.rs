@@ -161,6 +161,68 @@ impl SttRequestValidator {
     }
 }
 
+/// What a worker offers a config to choose from: the models and languages
+/// its GetCapabilities lists (`resident_models`, `capabilities.languages`).
+#[derive(Debug, Clone, Copy)]
+pub struct SttOffer<'a> {
+    pub models: &'a [String],
+    pub languages: &'a [String],
+}
+
+/// STT-MODEL-UNKNOWN and STT-LANGUAGE-UNSUPPORTED: whether a worker making
+/// `offer` can serve `config`. Empty fields ask for the worker's defaults.
+pub fn check_choice(config: &RecognitionConfig, offer: SttOffer<'_>) -> Result<(), Violation> {
+    if !config.model_id.is_empty() && !offer.models.iter().any(|m| *m == config.model_id) {
+        return Err(Violation::new(
+            Rule::SttModelUnknown,
+            format!(
+                "no model {:?}; this worker has {:?} (empty model_id: its default)",
+                config.model_id, offer.models
+            ),
+        ));
+    }
+    if config.language.is_empty() {
+        return Ok(());
+    }
+    let Some(primary) = primary_language(&config.language) else {
+        return Err(Violation::new(
+            Rule::SttLanguageUnsupported,
+            format!(
+                "language {:?} is not a BCP-47 tag (e.g. \"en\" or \"en-US\")",
+                config.language
+            ),
+        ));
+    };
+    let offered = offer
+        .languages
+        .iter()
+        .any(|l| primary_language(l).is_some_and(|p| p.eq_ignore_ascii_case(primary)));
+    if !offered {
+        return Err(Violation::new(
+            Rule::SttLanguageUnsupported,
+            format!(
+                "language {:?} is not offered; this worker recognizes {:?}",
+                config.language, offer.languages
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The primary language subtag of a well-formed BCP-47 tag (`en` of
+/// `en-US`), or `None` when `tag` is not one: subtags of 1 to 8 letters and
+/// digits joined by `-`, the first 2-3 or 5-8 letters. Extensions and
+/// private use are let through as subtags; only the primary one is compared.
+pub fn primary_language(tag: &str) -> Option<&str> {
+    let mut subtags = tag.split('-');
+    let primary = subtags.next()?;
+    let primary_ok = matches!(primary.len(), 2 | 3 | 5..=8)
+        && primary.bytes().all(|b| b.is_ascii_alphabetic());
+    let rest_ok =
+        subtags.all(|s| (1..=8).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric()));
+    (primary_ok && rest_ok).then_some(primary)
+}
+
 /// What a transcript event is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventKind {
@@ -310,6 +372,46 @@ impl SttStreamValidator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn offer<'a>(models: &'a [String], languages: &'a [String]) -> SttOffer<'a> {
+        SttOffer { models, languages }
+    }
+
+    fn chosen(model_id: &str, language: &str) -> RecognitionConfig {
+        RecognitionConfig {
+            session_id: "s".into(),
+            sample_rate: 16_000,
+            model_id: model_id.into(),
+            language: language.into(),
+            partial_results: false,
+        }
+    }
+
+    #[test]
+    fn a_config_chooses_among_what_the_worker_offers() {
+        let models = ["whisper".to_string()];
+        let languages = ["en".to_string()];
+        let offered = offer(&models, &languages);
+        for ok in [("", ""), ("whisper", "en"), ("", "en-US"), ("", "EN-gb")] {
+            assert_eq!(check_choice(&chosen(ok.0, ok.1), offered), Ok(()), "{ok:?}");
+        }
+        let unknown = check_choice(&chosen("large-v3", ""), offered).expect_err("model");
+        assert_eq!(unknown.rule, Rule::SttModelUnknown);
+        for language in ["fr", "de-DE", "en_US", "english!", "e", "en--US", "en-toolongsubtag"] {
+            let refused = check_choice(&chosen("", language), offered).expect_err(language);
+            assert_eq!(refused.rule, Rule::SttLanguageUnsupported, "{language}");
+        }
+    }
+
+    #[test]
+    fn primary_language_accepts_bcp47_shapes_only() {
+        assert_eq!(primary_language("en"), Some("en"));
+        assert_eq!(primary_language("yue-Hant-HK"), Some("yue"));
+        assert_eq!(primary_language("sr-Latn-RS-x-private1"), Some("sr"));
+        for junk in ["", "-", "e", "en-", "1en", "en US", "\u{e9}n", "en-US-"] {
+            assert_eq!(primary_language(junk), None, "{junk:?}");
+        }
+    }
     use crate::stt::AudioChunk;
 
     fn config(rate: i32) -> RecognizeRequest {

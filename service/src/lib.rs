@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod credentials;
+pub mod health;
 pub mod limits;
 pub mod tls;
 
@@ -17,9 +18,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 use tonic::transport::server::Router;
-use tonic_health::server::HealthReporter;
-use tonic_health::ServingStatus;
-
+pub use health::Health;
 pub use tonic_health::pb::health_server::HealthServer;
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +34,24 @@ pub enum ServiceError {
     Reflection(String),
 }
 
+/// An error with its causes on one line, for a person: a TLS or connect
+/// failure is often only named in the causes. A cause whose text is already
+/// there is left out (tonic's errors repeat their source: "tcp connect
+/// error: tcp connect error").
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -45,47 +62,6 @@ pub fn init_tracing() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
-}
-
-/// The health of one server: the overall status (`""`) and each served
-/// service's name move together.
-#[derive(Clone, Debug)]
-pub struct Health {
-    reporter: HealthReporter,
-    services: Vec<&'static str>,
-}
-
-impl Health {
-    /// A reporter and the `grpc.health.v1.Health` service to add to the
-    /// router, everything NOT_SERVING: tonic-health starts `""` as SERVING,
-    /// which would let a probe pass before the model is loaded.
-    pub async fn new(
-        services: &[&'static str],
-    ) -> (
-        Health,
-        HealthServer<impl tonic_health::pb::health_server::Health>,
-    ) {
-        let (reporter, server) = tonic_health::server::health_reporter();
-        let health = Health {
-            reporter,
-            services: services.to_vec(),
-        };
-        health.set_serving(false).await;
-        (health, server)
-    }
-
-    pub async fn set_serving(&self, serving: bool) {
-        let status = if serving {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
-        self.reporter.set_service_status("", status).await;
-        for service in &self.services {
-            self.reporter.set_service_status(*service, status).await;
-        }
-        tracing::info!(serving, "health status");
-    }
 }
 
 /// The services reflection lists besides a server's own: health and
@@ -444,6 +420,34 @@ pub fn render_gauges<'a>(prefix: &str, gauges: impl IntoIterator<Item = (&'a str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{text}")]
+    struct Layer {
+        text: &'static str,
+        #[source]
+        source: Option<Box<Layer>>,
+    }
+
+    #[test]
+    fn an_error_chain_names_each_cause_once() {
+        let io = Layer {
+            text: "Connection refused (os error 111)",
+            source: None,
+        };
+        let repeated = Layer {
+            text: "tcp connect error",
+            source: Some(Box::new(io)),
+        };
+        let error = Layer {
+            text: "tcp connect error",
+            source: Some(Box::new(repeated)),
+        };
+        assert_eq!(
+            error_chain(&error),
+            "tcp connect error: Connection refused (os error 111)"
+        );
+    }
 
     #[tokio::test]
     async fn drain_refuses_new_work_and_waits_for_old() {

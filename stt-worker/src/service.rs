@@ -19,7 +19,9 @@ use voxwire_proto::stt::{
     Capabilities, GetCapabilitiesRequest, GetCapabilitiesResponse, RecognitionConfig,
     RecognizeRequest, TranscriptEvent,
 };
-use voxwire_proto::stt_stream::{SttInput, SttLimits, SttRequestValidator, SttStreamValidator};
+use voxwire_proto::stt_stream::{
+    check_choice, SttInput, SttLimits, SttOffer, SttRequestValidator, SttStreamValidator,
+};
 use voxwire_proto::{Rule, Violation};
 use voxwire_service::{Drain, InFlight};
 use voxwire_whisper::{EndpointConfig, Recognizer, RecognizerEvent, WhisperModel, SAMPLE_RATE};
@@ -230,6 +232,15 @@ impl SttService for SttServiceImpl {
                 return Err(Violation::new(Rule::SttConfigFirst, "audio before config").into())
             }
         };
+        let models = [MODEL_ID.to_string()];
+        let languages = languages();
+        check_choice(
+            &config,
+            SttOffer {
+                models: &models,
+                languages: &languages,
+            },
+        )?;
         let resampler = voxwire_dsp::StreamResampler::new(
             u32::try_from(config.sample_rate).unwrap_or(SAMPLE_RATE),
             SAMPLE_RATE,
@@ -264,7 +275,7 @@ impl SttService for SttServiceImpl {
         _request: Request<GetCapabilitiesRequest>,
     ) -> Result<Response<GetCapabilitiesResponse>, Status> {
         let resident = if self.worker.model().is_some() {
-            vec!["whisper".to_string()]
+            vec![MODEL_ID.to_string()]
         } else {
             Vec::new()
         };
@@ -272,7 +283,7 @@ impl SttService for SttServiceImpl {
             capabilities: Some(Capabilities {
                 streaming: true,
                 partial_results: true,
-                languages: vec!["en".to_string()],
+                languages: languages(),
                 sample_rates: ADVERTISED_RATES.to_vec(),
                 max_concurrent_sessions: i32::try_from(self.worker.config.max_sessions)
                     .unwrap_or(i32::MAX),
@@ -281,6 +292,15 @@ impl SttService for SttServiceImpl {
             metrics: self.worker.load_metrics(),
         }))
     }
+}
+
+/// The model id GetCapabilities lists and a config may name.
+const MODEL_ID: &str = "whisper";
+
+/// What this worker recognizes: the engine decodes English only (it sets no
+/// language token, as the `*.en` checkpoints need none).
+fn languages() -> Vec<String> {
+    vec!["en".to_string()]
 }
 
 /// A client that sent nothing for `idle`: its stream is closed, returning

@@ -93,7 +93,7 @@ pub async fn connect_with(target: &str, options: &ClientOptions) -> Result<Conn,
         endpoint
             .connect()
             .await
-            .map_err(|e| ClientError::Connect(format!("{uri}: {}", error_chain(&e))))
+            .map_err(|e| ClientError::Connect(format!("{uri}: {}", voxwire_service::error_chain(&e))))
     };
     let channel = within(
         options.connect_timeout,
@@ -106,23 +106,6 @@ pub async fn connect_with(target: &str, options: &ClientOptions) -> Result<Conn,
         channel,
         BearerToken::new(options.token.clone()),
     ))
-}
-
-/// A transport error with its causes: a TLS failure is only named in them.
-/// A cause whose text is already there is left out (tonic's errors repeat
-/// their source: "tcp connect error: tcp connect error").
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -14,7 +14,7 @@ use tonic::transport::Server;
 use tonic::{Request, Response, Status, Streaming};
 use voxwire_proto::stt::stt_service_server::{SttService, SttServiceServer};
 use voxwire_proto::stt::*;
-use voxwire_proto::stt_stream::{SttInput, SttLimits, SttRequestValidator};
+use voxwire_proto::stt_stream::{check_choice, SttInput, SttLimits, SttOffer, SttRequestValidator};
 use voxwire_proto::{metrics, service_names, Rule, Violation};
 use voxwire_service::{Drain, Health};
 
@@ -47,6 +47,10 @@ pub enum SttFault {
     IgnoreChunkLimit,
     IgnoreDurationLimit,
     AcceptInvalidSession,
+    /// A config naming any model is served.
+    AcceptAnyModel,
+    /// A config with any language, malformed or not offered, is served.
+    AcceptAnyLanguage,
     CapacityNotEnforced,
     HealthAlwaysServing,
     HealthAbsent,
@@ -61,6 +65,11 @@ const LIMITS: SttLimits = SttLimits {
     max_chunk_bytes: 32_000,
     max_stream_seconds: 2,
 };
+/// The models and languages GetCapabilities lists, and a config may name.
+fn offer() -> (Vec<String>, Vec<String>) {
+    (vec!["detector".to_string()], vec!["und".to_string()])
+}
+
 /// Analysis block and the thresholds of the detector.
 const BLOCK_MS: u32 = 10;
 const SPEECH_RMS: f64 = 500.0;
@@ -79,6 +88,8 @@ impl SttFault {
                 | (SttFault::IgnoreChunkLimit, Rule::SttChunkLimit)
                 | (SttFault::IgnoreDurationLimit, Rule::SttDurationLimit)
                 | (SttFault::AcceptInvalidSession, Rule::SessionIdInvalid)
+                | (SttFault::AcceptAnyModel, Rule::SttModelUnknown)
+                | (SttFault::AcceptAnyLanguage, Rule::SttLanguageUnsupported)
         )
     }
 }
@@ -404,6 +415,15 @@ impl SttService for FaultySt {
             Some((Some(config), audio, _)) => (config, audio),
             _ => return Err(Violation::new(Rule::SttConfigFirst, "no config").to_status()),
         };
+        let (models, languages) = offer();
+        let offered = SttOffer {
+            models: &models,
+            languages: &languages,
+        };
+        match check_choice(&config, offered) {
+            Err(violation) if !fault.tolerates(violation.rule) => return Err(violation.to_status()),
+            _ => {}
+        }
         let in_flight = self.state.drain.admit();
         if in_flight.is_none() && fault != SttFault::DrainIgnored {
             return Err(Status::unavailable("HEALTH-DRAIN: draining"));
@@ -449,11 +469,11 @@ impl SttService for FaultySt {
             capabilities: Some(Capabilities {
                 streaming: true,
                 partial_results: true,
-                languages: vec!["und".to_string()],
+                languages: offer().1,
                 sample_rates: vec![8_000, 16_000, 44_100],
                 max_concurrent_sessions: MAX_SESSIONS as i32,
             }),
-            resident_models: vec!["detector".to_string()],
+            resident_models: offer().0,
             metrics: load,
         }))
     }

@@ -135,6 +135,8 @@ pub const STT_FAULTS: &[(SttFault, &[&str])] = &[
         SttFault::AcceptInvalidSession,
         &["stt/request/invalid-session"],
     ),
+    (SttFault::AcceptAnyModel, &["stt/request/unknown-model"]),
+    (SttFault::AcceptAnyLanguage, &["stt/request/bad-language"]),
     (SttFault::CapacityNotEnforced, &["stt/capacity"]),
     (
         SttFault::HealthAlwaysServing,

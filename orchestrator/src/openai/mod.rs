@@ -87,6 +87,7 @@ async fn guard_v1(State(guard): State<Guard>, request: Request, next: Next) -> R
         request.headers(),
         authority.as_deref(),
         &guard.allowed_origins,
+        guard.gate.requires_token(),
     ) {
         tracing::warn!(%reason, "OpenAI API request refused: origin");
         return ApiError::forbidden(reason).into_response();

@@ -90,6 +90,7 @@ pub async fn upgrade(
         &headers,
         uri.authority().map(|a| a.as_str()),
         &app.settings.security.console_origins,
+        app.settings.security.auth_token.is_some(),
     );
     if let Err(why) = origin {
         tracing::warn!(%why, "console WebSocket refused");
