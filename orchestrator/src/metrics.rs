@@ -1,49 +1,12 @@
-//! The orchestrator's Prometheus metrics: counters and histograms keyed by
-//! label values, rendered as text. Small enough to own rather than pull in a
-//! metrics framework.
+//! The orchestrator's Prometheus metrics: its families, declared with their
+//! help text in [`FAMILIES`], over the shared registry of
+//! `voxwire_service::metrics` (which also carries the gRPC call counts).
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::time::Duration;
 
-/// Seconds; covers 1 ms to 10 s.
-const LATENCY_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
-
-#[derive(Debug, Default)]
-struct Histogram {
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
-}
-
-impl Histogram {
-    fn observe(&mut self, value: f64) {
-        if self.counts.is_empty() {
-            self.counts = vec![0; LATENCY_BUCKETS.len()];
-        }
-        for (bucket, count) in LATENCY_BUCKETS.iter().zip(self.counts.iter_mut()) {
-            if value <= *bucket {
-                *count += 1;
-            }
-        }
-        self.sum += value;
-        self.count += 1;
-    }
-}
-
-type Labels = Vec<(&'static str, String)>;
-
-#[derive(Debug, Default)]
-pub struct Metrics {
-    counters: Mutex<BTreeMap<(&'static str, Labels), u64>>,
-    histograms: Mutex<BTreeMap<(&'static str, Labels), Histogram>>,
-    gauges: Mutex<BTreeMap<(&'static str, Labels), i64>>,
-    active_sessions: AtomicI64,
-}
+use voxwire_service::metrics::{Family, GrpcMetrics, Registry};
 
 pub const TURNS: &str = "voxwire_orchestrator_turns_total";
 pub const RETRIES: &str = "voxwire_orchestrator_retries_total";
@@ -60,68 +23,125 @@ pub const TURNS_IN_FLIGHT: &str = "voxwire_orchestrator_turns_in_flight";
 /// Tasks alive on the runtime (tokio's own count): a task leak shows here.
 pub const ALIVE_TASKS: &str = "voxwire_orchestrator_tokio_alive_tasks";
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic elsewhere while holding the lock leaves counts that are still usable.
-    m.lock().unwrap_or_else(|e| e.into_inner())
+/// Every orchestrator family, in the order a scrape shows them.
+pub const FAMILIES: &[Family] = &[
+    Family::counter(
+        TURNS,
+        &["kind", "outcome"],
+        "Turns ended, by kind (tts, stt) and outcome (ok, interrupted, or the status code: unavailable, invalid_argument, ...).",
+    ),
+    Family::counter(
+        RETRIES,
+        &["kind", "code"],
+        "Turn attempts retried on another worker, by kind and the status code of the failed attempt.",
+    ),
+    Family::counter(
+        HEALTH_TRANSITIONS,
+        &["kind", "to"],
+        "Worker endpoint state changes, by kind and the state entered (SERVING, NOT_SERVING, UNRESPONSIVE, ...).",
+    ),
+    Family::counter(
+        VIOLATIONS,
+        &["rule"],
+        "Protocol rules workers broke, by rule id (docs/protocol.md).",
+    ),
+    Family::counter(
+        INVALID_TRANSITIONS,
+        &["from", "to"],
+        "Session state transitions refused by the state machine, by from and to state.",
+    ),
+    Family::histogram(
+        FIRST_AUDIO,
+        &["kind"],
+        "Seconds from a turn's start to its first audio frame reaching the client, by kind.",
+    ),
+    Family::histogram(
+        FRAME_JITTER,
+        &["kind"],
+        "Seconds between relayed frames minus the frame duration (absolute), by kind.",
+    ),
+    Family::histogram(
+        INTERRUPT,
+        &["kind"],
+        "Seconds from a barge-in or STOP to the last frame sent, by kind.",
+    ),
+    Family::gauge(ACTIVE_SESSIONS, &[], "Client sessions open now."),
+    Family::gauge(
+        TURNS_IN_FLIGHT,
+        &["kind"],
+        "Turns being dispatched or relayed now, by kind.",
+    ),
+    Family::gauge(
+        ALIVE_TASKS,
+        &[],
+        "Tasks alive on the runtime (a leak of tasks shows here).",
+    ),
+];
+
+/// The orchestrator's metrics; cheap to share.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    active_sessions: AtomicI64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let registry = Arc::new(Registry::new(FAMILIES));
+        // Both kinds from the start, so a dashboard's series exist at 0.
+        for kind in ["tts", "stt"] {
+            registry.gauge_add(TURNS_IN_FLIGHT, &[("kind", kind)], 0);
+        }
+        Metrics {
+            registry,
+            active_sessions: AtomicI64::new(0),
+        }
+    }
 }
 
 impl Metrics {
     pub fn inc(&self, name: &'static str, labels: &[(&'static str, &str)]) {
-        let key = (name, own(labels));
-        *lock(&self.counters).entry(key).or_default() += 1;
+        self.registry.inc(name, labels);
     }
 
     pub fn observe(&self, name: &'static str, labels: &[(&'static str, &str)], value: Duration) {
-        let key = (name, own(labels));
-        lock(&self.histograms)
-            .entry(key)
-            .or_default()
-            .observe(value.as_secs_f64());
+        self.registry.observe(name, labels, value);
     }
 
     /// A counter's current value (tests and /api).
     pub fn counter(&self, name: &'static str, labels: &[(&'static str, &str)]) -> u64 {
-        lock(&self.counters)
-            .get(&(name, own(labels)))
-            .copied()
-            .unwrap_or(0)
+        self.registry.counter(name, labels)
     }
 
     /// Sum of a counter over every label set.
     pub fn counter_total(&self, name: &'static str) -> u64 {
-        lock(&self.counters)
-            .iter()
-            .filter(|((n, _), _)| *n == name)
-            .map(|(_, v)| *v)
-            .sum()
+        self.registry.counter_total(name)
     }
 
     pub fn histogram_count(&self, name: &'static str) -> u64 {
-        lock(&self.histograms)
-            .iter()
-            .filter(|((n, _), _)| *n == name)
-            .map(|(_, h)| h.count)
-            .sum()
+        self.registry.histogram_count(name)
     }
 
     /// Adds `delta` to a gauge.
     pub fn gauge_add(&self, name: &'static str, labels: &[(&'static str, &str)], delta: i64) {
-        *lock(&self.gauges).entry((name, own(labels))).or_default() += delta;
+        self.registry.gauge_add(name, labels, delta);
     }
 
     pub fn gauge(&self, name: &'static str, labels: &[(&'static str, &str)]) -> i64 {
-        lock(&self.gauges)
-            .get(&(name, own(labels)))
-            .copied()
-            .unwrap_or(0)
+        self.registry.gauge(name, labels)
+    }
+
+    /// Counts the gRPC calls of the services it wraps into these metrics.
+    pub fn grpc(&self) -> GrpcMetrics {
+        GrpcMetrics::new(Arc::clone(&self.registry))
     }
 
     /// Counts one turn of `kind` in flight until the guard is dropped,
     /// whatever way the turn ends (error, cancellation, client gone).
-    pub fn turn_in_flight(self: &std::sync::Arc<Self>, kind: &'static str) -> InFlightTurn {
+    pub fn turn_in_flight(self: &Arc<Self>, kind: &'static str) -> InFlightTurn {
         self.gauge_add(TURNS_IN_FLIGHT, &[("kind", kind)], 1);
         InFlightTurn {
-            metrics: std::sync::Arc::clone(self),
+            metrics: Arc::clone(self),
             kind,
         }
     }
@@ -135,72 +155,21 @@ impl Metrics {
     }
 
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        let mut last = "";
-        for ((name, labels), value) in lock(&self.counters).iter() {
-            if *name != last {
-                let _ = writeln!(out, "# TYPE {name} counter");
-                last = name;
-            }
-            let _ = writeln!(out, "{name}{} {value}", render_labels(labels, None));
-        }
-        for ((name, labels), hist) in lock(&self.histograms).iter() {
-            if *name != last {
-                let _ = writeln!(out, "# TYPE {name} histogram");
-                last = name;
-            }
-            for (bucket, count) in LATENCY_BUCKETS.iter().zip(&hist.counts) {
-                let le = bucket.to_string();
-                let _ = writeln!(
-                    out,
-                    "{name}_bucket{} {count}",
-                    render_labels(labels, Some(&le))
-                );
-            }
-            let _ = writeln!(
-                out,
-                "{name}_bucket{} {}",
-                render_labels(labels, Some("+Inf")),
-                hist.count
-            );
-            let _ = writeln!(
-                out,
-                "{name}_sum{} {}",
-                render_labels(labels, None),
-                hist.sum
-            );
-            let _ = writeln!(
-                out,
-                "{name}_count{} {}",
-                render_labels(labels, None),
-                hist.count
-            );
-        }
-        last = "";
-        for ((name, labels), value) in lock(&self.gauges).iter() {
-            if *name != last {
-                let _ = writeln!(out, "# TYPE {name} gauge");
-                last = name;
-            }
-            let _ = writeln!(out, "{name}{} {value}", render_labels(labels, None));
-        }
+        let sessions = self.active_sessions.load(Ordering::Relaxed);
+        self.registry.gauge_set(ACTIVE_SESSIONS, &[], sessions);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let _ = writeln!(out, "# TYPE {ALIVE_TASKS} gauge");
-            let _ = writeln!(out, "{ALIVE_TASKS} {}", runtime.metrics().num_alive_tasks());
+            let tasks = i64::try_from(runtime.metrics().num_alive_tasks()).unwrap_or(i64::MAX);
+            self.registry.gauge_set(ALIVE_TASKS, &[], tasks);
         }
-        let _ = writeln!(out, "# TYPE {ACTIVE_SESSIONS} gauge");
-        let _ = writeln!(
-            out,
-            "{ACTIVE_SESSIONS} {}",
-            self.active_sessions.load(Ordering::Relaxed)
-        );
+        let mut out = String::new();
+        self.registry.render(&mut out);
         out
     }
 }
 
 /// See [`Metrics::turn_in_flight`].
 pub struct InFlightTurn {
-    metrics: std::sync::Arc<Metrics>,
+    metrics: Arc<Metrics>,
     kind: &'static str,
 }
 
@@ -209,32 +178,6 @@ impl Drop for InFlightTurn {
         self.metrics
             .gauge_add(TURNS_IN_FLIGHT, &[("kind", self.kind)], -1);
     }
-}
-
-fn own(labels: &[(&'static str, &str)]) -> Labels {
-    labels.iter().map(|(k, v)| (*k, (*v).to_string())).collect()
-}
-
-fn render_labels(labels: &Labels, le: Option<&str>) -> String {
-    let mut parts: Vec<String> = labels
-        .iter()
-        .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
-        .collect();
-    if let Some(le) = le {
-        parts.push(format!("le=\"{le}\""));
-    }
-    if parts.is_empty() {
-        String::new()
-    } else {
-        format!("{{{}}}", parts.join(","))
-    }
-}
-
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -251,6 +194,11 @@ mod tests {
         assert!(text.contains(
             "voxwire_orchestrator_protocol_violations_total{rule=\"TTS-FRAME-EMPTY-NONFINAL\"} 2"
         ));
+        // Every family has its help line, also those with no event yet.
+        for family in FAMILIES {
+            assert!(text.contains(&format!("# HELP {} ", family.name)), "{text}");
+        }
+        assert!(text.contains("voxwire_orchestrator_turns_in_flight{kind=\"stt\"} 0"));
         assert!(text.contains(
             "voxwire_orchestrator_first_audio_seconds_bucket{kind=\"tts\",le=\"0.05\"} 1"
         ));

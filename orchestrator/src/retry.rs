@@ -52,10 +52,6 @@ pub async fn first_answer<F: std::future::Future>(
         .map_err(|_| hard)
 }
 
-/// The label a code gets in metrics.
-pub fn code_label(code: Code) -> String {
-    format!("{code:?}")
-}
 
 #[cfg(test)]
 mod tests {

@@ -104,6 +104,8 @@ pub async fn start(
     // client token must not put an address into the pools.
     let registry_gate = Gate::new(settings.registry.token.clone(), 0);
     let max = security.max_message_bytes;
+    // Outside the gates, so refused calls are counted too.
+    let grpc = app.metrics.grpc();
     let served = [
         <VoxwireServer<VoxwireApi> as tonic::server::NamedService>::NAME,
         <RegistryServer<RegistryApi> as tonic::server::NamedService>::NAME,
@@ -114,18 +116,18 @@ pub async fn start(
         .add_service(health_service)
         .add_service(voxwire_service::reflection(&served)?)
         .add_service(voxwire_service::reflection_v1alpha(&served)?)
-        .add_service(gate.guard(
+        .add_service(grpc.wrap(gate.guard(
             VoxwireServer::new(VoxwireApi::new(Arc::clone(&app))).max_decoding_message_size(max),
-        ))
-        .add_service(registry_gate.guard(
+        )))
+        .add_service(grpc.wrap(registry_gate.guard(
             RegistryServer::new(RegistryApi::new(Arc::clone(&app))).max_decoding_message_size(max),
-        ))
-        .add_service(gate.guard(
+        )))
+        .add_service(grpc.wrap(gate.guard(
             TtsServiceServer::new(TtsRelay::new(Arc::clone(&app))).max_decoding_message_size(max),
-        ))
-        .add_service(gate.guard(
+        )))
+        .add_service(grpc.wrap(gate.guard(
             SttServiceServer::new(SttRelay::new(Arc::clone(&app))).max_decoding_message_size(max),
-        ));
+        )));
     tracing::info!(
         %addr,
         %http_addr,

@@ -18,7 +18,8 @@ use voxwire_proto::stt_stream::SttStreamValidator;
 use crate::config::DispatchSettings;
 use crate::metrics::{self, Metrics};
 use crate::pool::{Lease, Pool};
-use crate::retry::{code_label, first_answer, is_retryable, lost_worker_as_unavailable};
+use crate::retry::{first_answer, is_retryable, lost_worker_as_unavailable};
+use voxwire_service::metrics::code_label;
 use crate::trace::TraceContext;
 
 pub struct SttDispatcher {
@@ -117,7 +118,7 @@ impl SttDispatcher {
                     }
                     self.metrics.inc(
                         metrics::RETRIES,
-                        &[("kind", "stt"), ("code", &code_label(status.code()))],
+                        &[("kind", "stt"), ("code", code_label(status.code()))],
                     );
                     tried.push(address);
                     drop(lease);
@@ -126,11 +127,11 @@ impl SttDispatcher {
             }
         };
         let outcome = match &result {
-            Ok(()) => "ok".to_string(),
+            Ok(()) => "ok",
             Err(status) => code_label(status.code()),
         };
         self.metrics
-            .inc(metrics::TURNS, &[("kind", "stt"), ("outcome", &outcome)]);
+            .inc(metrics::TURNS, &[("kind", "stt"), ("outcome", outcome)]);
         result
     }
 

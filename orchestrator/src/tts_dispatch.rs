@@ -18,7 +18,8 @@ use crate::config::DispatchSettings;
 use crate::endpoint::Endpoint;
 use crate::metrics::{self, Metrics};
 use crate::pool::{Lease, Pool};
-use crate::retry::{code_label, first_answer, is_retryable, lost_worker_as_unavailable};
+use crate::retry::{first_answer, is_retryable, lost_worker_as_unavailable};
+use voxwire_service::metrics::code_label;
 use crate::trace::TraceContext;
 
 /// The client session's presence on a worker.
@@ -327,7 +328,7 @@ impl TtsDispatcher {
                     }
                     self.metrics.inc(
                         metrics::RETRIES,
-                        &[("kind", "tts"), ("code", &code_label(code))],
+                        &[("kind", "tts"), ("code", code_label(code))],
                     );
                     if code == Code::Unavailable {
                         // The session there is likely gone with the worker.
@@ -341,11 +342,11 @@ impl TtsDispatcher {
             }
         };
         let outcome = match &result {
-            Ok(_) => "ok".to_string(),
+            Ok(_) => "ok",
             Err(status) => code_label(status.code()),
         };
         self.metrics
-            .inc(metrics::TURNS, &[("kind", "tts"), ("outcome", &outcome)]);
+            .inc(metrics::TURNS, &[("kind", "tts"), ("outcome", outcome)]);
         result
     }
 

@@ -367,7 +367,7 @@ async fn invalid_argument_is_never_retried_but_unavailable_is() {
     assert_eq!(
         orch.running.app.metrics.counter(
             metrics::RETRIES,
-            &[("kind", "tts"), ("code", "Unavailable")]
+            &[("kind", "tts"), ("code", "unavailable")]
         ),
         max_attempts as u64 - 1
     );

@@ -21,6 +21,23 @@ pub const MAX_CHUNK_BYTES: &str = "max_chunk_bytes";
 /// Longest STT stream, in seconds of audio (STT-DURATION-LIMIT).
 pub const MAX_STREAM_SECONDS: &str = "max_stream_seconds";
 
+/// A key's meaning in one line, for the `# HELP` of the gauge a worker
+/// exports it as; `None` for a key that is not well-known.
+pub fn help(key: &str) -> Option<&'static str> {
+    Some(match key {
+        ACTIVE_SESSIONS => "Sessions open now.",
+        ACTIVE_STREAMS => "Streaming calls (Synthesize / Recognize) in flight now.",
+        QUEUED_REQUESTS => "Requests waiting for an inference slot.",
+        MAX_SESSIONS => "The session limit enforced.",
+        REAL_TIME_FACTOR => "Recent processing time divided by audio time (below 1: faster than real time).",
+        LOAD => "Overall load in [0, 1], the worker's own judgement.",
+        MAX_TEXT_CHARS => "Longest text a Synthesize call may carry, in characters.",
+        MAX_CHUNK_BYTES => "Largest STT audio chunk, in bytes.",
+        MAX_STREAM_SECONDS => "Longest STT stream, in seconds of audio.",
+        _ => return None,
+    })
+}
+
 /// Every well-known key, for documentation and conformance checks.
 pub const ALL: &[&str] = &[
     ACTIVE_SESSIONS,

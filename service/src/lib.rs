@@ -7,6 +7,7 @@
 pub mod credentials;
 pub mod health;
 pub mod limits;
+pub mod metrics;
 pub mod tls;
 
 use std::future::Future;
@@ -386,19 +387,23 @@ pub async fn serve_metrics(
     Ok(local)
 }
 
-/// Serves a worker's load figures (the GetCapabilities metrics) as gauges
-/// named `prefix_key` at `http://addr/metrics`.
+/// Serves a worker's metrics at `http://addr/metrics`: its load figures
+/// (the GetCapabilities metrics) as gauges named `prefix_key`, then
+/// `registry` (the gRPC call counts of [`metrics::GrpcMetrics`]).
 pub async fn serve_load_metrics(
     addr: &str,
     prefix: &'static str,
     load: impl Fn() -> std::collections::HashMap<String, f64> + Send + Sync + 'static,
+    registry: Arc<metrics::Registry>,
 ) -> Result<SocketAddr, ServiceError> {
     let bound = serve_metrics(
         addr,
         std::sync::Arc::new(move || {
-            let mut metrics: Vec<(String, f64)> = load().into_iter().collect();
-            metrics.sort_by(|a, b| a.0.cmp(&b.0));
-            render_gauges(prefix, metrics.iter().map(|(k, v)| (k.as_str(), *v)))
+            let mut figures: Vec<(String, f64)> = load().into_iter().collect();
+            figures.sort_by(|a, b| a.0.cmp(&b.0));
+            let mut out = render_gauges(prefix, figures.iter().map(|(k, v)| (k.as_str(), *v)));
+            registry.render(&mut out);
+            out
         }),
     )
     .await?;
@@ -406,12 +411,15 @@ pub async fn serve_load_metrics(
     Ok(bound)
 }
 
-/// Renders gauges in Prometheus text format, `prefix_name value` per line.
+/// Renders gauges in Prometheus text format, `prefix_name value` per line,
+/// with the help text of the well-known load keys
+/// (`voxwire_proto::metrics::help`).
 pub fn render_gauges<'a>(prefix: &str, gauges: impl IntoIterator<Item = (&'a str, f64)>) -> String {
     let mut out = String::new();
     for (name, value) in gauges {
+        let help = voxwire_proto::metrics::help(name).unwrap_or("A load figure of this worker.");
         out.push_str(&format!(
-            "# TYPE {prefix}_{name} gauge\n{prefix}_{name} {value}\n"
+            "# HELP {prefix}_{name} {help}\n# TYPE {prefix}_{name} gauge\n{prefix}_{name} {value}\n"
         ));
     }
     out

@@ -143,10 +143,17 @@ pub async fn start(
         },
     };
     let worker = SttWorker::new(config, drain.clone());
+    let registry = Arc::new(voxwire_service::metrics::Registry::default());
+    let grpc = voxwire_service::metrics::GrpcMetrics::new(Arc::clone(&registry));
     if let Some(metrics_addr) = &args.metrics_listen {
         let w = Arc::clone(&worker);
-        voxwire_service::serve_load_metrics(metrics_addr, "voxwire_stt", move || w.load_metrics())
-            .await?;
+        voxwire_service::serve_load_metrics(
+            metrics_addr,
+            "voxwire_stt",
+            move || w.load_metrics(),
+            registry,
+        )
+        .await?;
     }
     let router = voxwire_service::tls::server_builder(tls.as_ref())?
         .add_service(health_service)
@@ -156,10 +163,10 @@ pub async fn start(
         .add_service(voxwire_service::reflection_v1alpha(&[<SttServiceServer<
             SttServiceImpl,
         > as tonic::server::NamedService>::NAME])?)
-        .add_service(
+        .add_service(grpc.wrap(
             SttServiceServer::new(SttServiceImpl::new(Arc::clone(&worker)))
                 .max_decoding_message_size(args.max_message_bytes),
-        );
+        ));
     tracing::info!(%addr, model = %model_path.display(), tls = ?tls, "stt-worker listening (NOT_SERVING until the model is warm)");
     let warm_up = {
         let worker = Arc::clone(&worker);

@@ -194,10 +194,17 @@ pub async fn start(
         session_idle: Duration::from_secs(args.session_idle_seconds),
     };
     let worker = TtsWorker::new(config, catalogue, drain.clone());
+    let registry = Arc::new(voxwire_service::metrics::Registry::default());
+    let grpc = voxwire_service::metrics::GrpcMetrics::new(Arc::clone(&registry));
     if let Some(metrics_addr) = &args.metrics_listen {
         let w = Arc::clone(&worker);
-        voxwire_service::serve_load_metrics(metrics_addr, "voxwire_tts", move || w.load_metrics())
-            .await?;
+        voxwire_service::serve_load_metrics(
+            metrics_addr,
+            "voxwire_tts",
+            move || w.load_metrics(),
+            registry,
+        )
+        .await?;
     }
     let router = voxwire_service::tls::server_builder(tls.as_ref())?
         .add_service(health_service)
@@ -207,10 +214,10 @@ pub async fn start(
         .add_service(voxwire_service::reflection_v1alpha(&[<TtsServiceServer<
             TtsServiceImpl,
         > as tonic::server::NamedService>::NAME])?)
-        .add_service(
+        .add_service(grpc.wrap(
             TtsServiceServer::new(TtsServiceImpl::new(Arc::clone(&worker)))
                 .max_decoding_message_size(args.max_message_bytes),
-        );
+        ));
     tracing::info!(%addr, tls = ?tls, "tts-worker listening (NOT_SERVING until the voice is warm)");
 
     {
