@@ -244,12 +244,13 @@ pub async fn run(config: &RunConfig) -> Result<Report, RunError> {
             selection: config.selection(),
         });
     }
-    let endpoint = client::endpoint_with(&config.target, config.tls.as_ref()).map_err(|source| {
-        RunError::Target {
-            target: config.target.clone(),
-            source,
-        }
-    })?;
+    let endpoint =
+        client::endpoint_with(&config.target, config.tls.as_ref()).map_err(|source| {
+            RunError::Target {
+                target: config.target.clone(),
+                source,
+            }
+        })?;
     // Connected once up front: the channel reconnects on its own later, so a
     // worker that restarts mid-run fails only the cases it was gone for.
     let channel = endpoint

@@ -219,7 +219,13 @@ async fn a_typo_in_the_known_failing_list_is_an_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_glob_that_selects_nothing_is_an_error_not_a_pass() {
     let output = conformance(
-        args(&["tts", "--target", "127.0.0.1:1", "--run", "tts/no-such-family/*"]),
+        args(&[
+            "tts",
+            "--target",
+            "127.0.0.1:1",
+            "--run",
+            "tts/no-such-family/*",
+        ]),
         Vec::new(),
     )
     .await;
@@ -246,10 +252,16 @@ async fn an_unreachable_target_is_one_clear_error_and_no_case_runs() {
     let output = conformance(args(&["tts", "--target", &target]), Vec::new()).await;
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains(&format!("cannot reach {target}")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot reach {target}")),
+        "{stderr}"
+    );
     assert!(stderr.contains("no case was run"), "{stderr}");
     // Said once: the transport's repeated cause is left out.
-    assert!(!stderr.contains("tcp connect error: tcp connect error"), "{stderr}");
+    assert!(
+        !stderr.contains("tcp connect error: tcp connect error"),
+        "{stderr}"
+    );
     let text = stdout(&output);
     assert!(!text.contains("FAIL"), "cases ran: {text}");
     assert!(

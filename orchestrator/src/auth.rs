@@ -485,7 +485,11 @@ pub fn check_origin(
 fn is_address_literal(host: &str) -> bool {
     let name = match host.strip_prefix('[') {
         // [v6] or [v6]:port
-        Some(rest) => return rest.split_once(']').is_some_and(|(ip, _)| ip.parse::<std::net::Ipv6Addr>().is_ok()),
+        Some(rest) => {
+            return rest
+                .split_once(']')
+                .is_some_and(|(ip, _)| ip.parse::<std::net::Ipv6Addr>().is_ok())
+        }
         None => host.rsplit_once(':').map_or(host, |(name, port)| {
             if port.chars().all(|c| c.is_ascii_digit()) {
                 name
@@ -495,7 +499,9 @@ fn is_address_literal(host: &str) -> bool {
         }),
     };
     let name = name.trim_end_matches('.').to_ascii_lowercase();
-    name.parse::<std::net::Ipv4Addr>().is_ok() || name == "localhost" || name.ends_with(".localhost")
+    name.parse::<std::net::Ipv4Addr>().is_ok()
+        || name == "localhost"
+        || name.ends_with(".localhost")
 }
 
 #[cfg(test)]

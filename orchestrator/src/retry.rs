@@ -52,7 +52,6 @@ pub async fn first_answer<F: std::future::Future>(
         .map_err(|_| hard)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -164,7 +164,9 @@ async fn follow_readiness(app: Arc<Orchestrator>, health: Health) {
         let up = !app.drain.is_draining();
         let ready = up && app.is_ready();
         health.set_service_serving("", ready).await;
-        health.set_service_serving(service_names::VOXWIRE, ready).await;
+        health
+            .set_service_serving(service_names::VOXWIRE, ready)
+            .await;
         health
             .set_service_serving(service_names::TTS, up && app.tts.pool().any_serving())
             .await;

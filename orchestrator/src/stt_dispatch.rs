@@ -19,8 +19,8 @@ use crate::config::DispatchSettings;
 use crate::metrics::{self, Metrics};
 use crate::pool::{Lease, Pool};
 use crate::retry::{first_answer, is_retryable, lost_worker_as_unavailable};
-use voxwire_service::metrics::code_label;
 use crate::trace::TraceContext;
+use voxwire_service::metrics::code_label;
 
 pub struct SttDispatcher {
     pool: Arc<Pool>,

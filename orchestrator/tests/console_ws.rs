@@ -122,7 +122,9 @@ async fn a_rebound_host_name_is_refused_without_a_token() {
     );
     let refused = tokio_tungstenite::connect_async(request).await;
     assert!(
-        refused.as_ref().is_err_and(|e| e.to_string().contains("403")),
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("403")),
         "{:?}",
         refused.map(|_| ())
     );

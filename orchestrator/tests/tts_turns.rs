@@ -321,7 +321,10 @@ async fn each_relayed_service_is_serving_only_with_a_serving_pool_of_its_kind() 
         }
     })
     .await;
-    assert!(followed.is_ok(), "tts.TTSService left SERVING with its pool");
+    assert!(
+        followed.is_ok(),
+        "tts.TTSService left SERVING with its pool"
+    );
 }
 
 #[tokio::test]

@@ -29,7 +29,9 @@ pub fn help(key: &str) -> Option<&'static str> {
         ACTIVE_STREAMS => "Streaming calls (Synthesize / Recognize) in flight now.",
         QUEUED_REQUESTS => "Requests waiting for an inference slot.",
         MAX_SESSIONS => "The session limit enforced.",
-        REAL_TIME_FACTOR => "Recent processing time divided by audio time (below 1: faster than real time).",
+        REAL_TIME_FACTOR => {
+            "Recent processing time divided by audio time (below 1: faster than real time)."
+        }
         LOAD => "Overall load in [0, 1], the worker's own judgement.",
         MAX_TEXT_CHARS => "Longest text a Synthesize call may carry, in characters.",
         MAX_CHUNK_BYTES => "Largest STT audio chunk, in bytes.",

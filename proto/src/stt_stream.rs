@@ -172,7 +172,7 @@ pub struct SttOffer<'a> {
 /// STT-MODEL-UNKNOWN and STT-LANGUAGE-UNSUPPORTED: whether a worker making
 /// `offer` can serve `config`. Empty fields ask for the worker's defaults.
 pub fn check_choice(config: &RecognitionConfig, offer: SttOffer<'_>) -> Result<(), Violation> {
-    if !config.model_id.is_empty() && !offer.models.iter().any(|m| *m == config.model_id) {
+    if !config.model_id.is_empty() && !offer.models.contains(&config.model_id) {
         return Err(Violation::new(
             Rule::SttModelUnknown,
             format!(
@@ -216,8 +216,8 @@ pub fn check_choice(config: &RecognitionConfig, offer: SttOffer<'_>) -> Result<(
 pub fn primary_language(tag: &str) -> Option<&str> {
     let mut subtags = tag.split('-');
     let primary = subtags.next()?;
-    let primary_ok = matches!(primary.len(), 2 | 3 | 5..=8)
-        && primary.bytes().all(|b| b.is_ascii_alphabetic());
+    let primary_ok =
+        matches!(primary.len(), 2 | 3 | 5..=8) && primary.bytes().all(|b| b.is_ascii_alphabetic());
     let rest_ok =
         subtags.all(|s| (1..=8).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric()));
     (primary_ok && rest_ok).then_some(primary)
@@ -397,7 +397,15 @@ mod tests {
         }
         let unknown = check_choice(&chosen("large-v3", ""), offered).expect_err("model");
         assert_eq!(unknown.rule, Rule::SttModelUnknown);
-        for language in ["fr", "de-DE", "en_US", "english!", "e", "en--US", "en-toolongsubtag"] {
+        for language in [
+            "fr",
+            "de-DE",
+            "en_US",
+            "english!",
+            "e",
+            "en--US",
+            "en-toolongsubtag",
+        ] {
             let refused = check_choice(&chosen("", language), offered).expect_err(language);
             assert_eq!(refused.rule, Rule::SttLanguageUnsupported, "{language}");
         }

@@ -31,7 +31,12 @@ impl Health {
     pub async fn new(services: &[&'static str]) -> (Health, HealthServer<HealthService>) {
         let statuses: HashMap<String, watch::Sender<ServingStatus>> = std::iter::once("")
             .chain(services.iter().copied())
-            .map(|name| (name.to_string(), watch::Sender::new(ServingStatus::NotServing)))
+            .map(|name| {
+                (
+                    name.to_string(),
+                    watch::Sender::new(ServingStatus::NotServing),
+                )
+            })
             .collect();
         let health = Health {
             statuses: Arc::new(statuses),
@@ -207,7 +212,11 @@ mod tests {
     #[tokio::test]
     async fn watch_sends_the_status_then_each_change_once() {
         let (health, service) = service().await;
-        let mut stream = service.watch(request(TTS)).await.expect("watch").into_inner();
+        let mut stream = service
+            .watch(request(TTS))
+            .await
+            .expect("watch")
+            .into_inner();
         assert_eq!(next(&mut stream).await, Some(ServingStatus::NotServing));
         health.set_serving(true).await;
         assert_eq!(next(&mut stream).await, Some(ServingStatus::Serving));
@@ -223,9 +232,17 @@ mod tests {
         let (health, service) = service().await;
         health.set_serving(true).await;
         health.set_service_serving(TTS, false).await;
-        let overall = service.check(request("")).await.expect("check").into_inner();
+        let overall = service
+            .check(request(""))
+            .await
+            .expect("check")
+            .into_inner();
         assert_eq!(overall.status, ServingStatus::Serving as i32);
-        let tts = service.check(request(TTS)).await.expect("check").into_inner();
+        let tts = service
+            .check(request(TTS))
+            .await
+            .expect("check")
+            .into_inner();
         assert_eq!(tts.status, ServingStatus::NotServing as i32);
     }
 }

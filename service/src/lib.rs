@@ -16,10 +16,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use health::Health;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 use tonic::transport::server::Router;
-pub use health::Health;
 pub use tonic_health::pb::health_server::HealthServer;
 
 #[derive(Debug, thiserror::Error)]

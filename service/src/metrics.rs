@@ -235,7 +235,13 @@ impl Registry {
         for family in &families {
             let _ = writeln!(out, "# HELP {} {}", family.name, escape_help(family.help));
             let _ = writeln!(out, "# TYPE {} {}", family.name, family.kind.as_str());
-            render_family(out, family.name, family.kind, &values, family.labels.is_empty());
+            render_family(
+                out,
+                family.name,
+                family.kind,
+                &values,
+                family.labels.is_empty(),
+            );
         }
         let mut undeclared: Vec<(&'static str, Kind)> = Vec::new();
         let names = values
@@ -304,7 +310,12 @@ fn render_histogram(out: &mut String, name: &str, labels: &Labels, hist: &Histog
         render_labels(labels, Some("+Inf")),
         hist.count
     );
-    let _ = writeln!(out, "{name}_sum{} {}", render_labels(labels, None), hist.sum);
+    let _ = writeln!(
+        out,
+        "{name}_sum{} {}",
+        render_labels(labels, None),
+        hist.sum
+    );
     let _ = writeln!(
         out,
         "{name}_count{} {}",
@@ -375,11 +386,7 @@ pub const GRPC_HANDLING: &str = "voxwire_grpc_server_handling_seconds";
 
 /// The families [`GrpcMetrics`] records.
 pub const GRPC_FAMILIES: &[Family] = &[
-    Family::counter(
-        GRPC_STARTED,
-        &["service", "method"],
-        "gRPC calls started.",
-    ),
+    Family::counter(GRPC_STARTED, &["service", "method"], "gRPC calls started."),
     Family::counter(
         GRPC_HANDLED,
         &["service", "method", "code"],
@@ -458,7 +465,6 @@ where
             service: S::NAME,
             method,
             started: Instant::now(),
-            code: None,
             ended: false,
         };
         call.registry.inc(
@@ -472,9 +478,11 @@ where
         Box::pin(async move {
             let mut call = call;
             let response = inner.call(request).await?;
-            // An error answered before any message comes in the headers
-            // (trailers-only); otherwise the status is in the trailers.
-            call.code = response.headers().get("grpc-status").map(|v| Code::from_bytes(v.as_bytes()));
+            // An error answered before any message is complete in its
+            // headers (trailers-only): its empty body may never be polled.
+            if let Some(code) = response.headers().get("grpc-status") {
+                call.end(Code::from_bytes(code.as_bytes()));
+            }
             Ok(response.map(|body| Body::new(Observed { body, call })))
         })
     }
@@ -487,7 +495,6 @@ struct Call {
     service: &'static str,
     method: String,
     started: Instant,
-    code: Option<Code>,
     ended: bool,
 }
 
@@ -497,7 +504,8 @@ impl Call {
             return;
         }
         let labels = [("service", self.service), ("method", self.method.as_str())];
-        self.registry.observe(GRPC_HANDLING, &labels, self.started.elapsed());
+        self.registry
+            .observe(GRPC_HANDLING, &labels, self.started.elapsed());
         self.registry.inc(
             GRPC_HANDLED,
             &[
@@ -544,10 +552,8 @@ impl http_body::Body for Observed {
                 let code = status.code();
                 self.call.end(code);
             }
-            Poll::Ready(None) => {
-                let code = self.call.code.unwrap_or(Code::Unknown);
-                self.call.end(code);
-            }
+            // Ended with no trailers: no status was ever sent.
+            Poll::Ready(None) => self.call.end(Code::Unknown),
             Poll::Pending => {}
         }
         polled
@@ -586,12 +592,21 @@ mod tests {
         registry().render(&mut out);
         assert!(out.contains("# HELP test_turns_total Turns.\n"), "{out}");
         // A labelled family has no series before its first event.
-        assert!(out.contains("# TYPE test_labelled_total counter\n"), "{out}");
+        assert!(
+            out.contains("# TYPE test_labelled_total counter\n"),
+            "{out}"
+        );
         assert!(!out.contains("test_labelled_total 0"), "{out}");
-        assert!(out.contains("# TYPE test_turns_total counter\ntest_turns_total 0\n"), "{out}");
+        assert!(
+            out.contains("# TYPE test_turns_total counter\ntest_turns_total 0\n"),
+            "{out}"
+        );
         assert!(out.contains("# TYPE test_seconds histogram\n"), "{out}");
         assert!(out.contains("test_seconds_count 0\n"), "{out}");
-        assert!(out.contains("# TYPE test_open gauge\ntest_open 0\n"), "{out}");
+        assert!(
+            out.contains("# TYPE test_open gauge\ntest_open 0\n"),
+            "{out}"
+        );
     }
 
     #[test]
@@ -604,12 +619,27 @@ mod tests {
         registry.inc("test_undeclared_total", &[]);
         let mut out = String::new();
         registry.render(&mut out);
-        assert!(out.contains("test_turns_total{outcome=\"ok\"} 2\n"), "{out}");
-        assert!(!out.contains("test_turns_total 0"), "no zero line beside real ones: {out}");
-        assert!(out.contains("test_seconds_bucket{kind=\"tts\",le=\"0.05\"} 1\n"), "{out}");
-        assert!(out.contains("test_seconds_bucket{kind=\"tts\",le=\"0.025\"} 0\n"), "{out}");
+        assert!(
+            out.contains("test_turns_total{outcome=\"ok\"} 2\n"),
+            "{out}"
+        );
+        assert!(
+            !out.contains("test_turns_total 0"),
+            "no zero line beside real ones: {out}"
+        );
+        assert!(
+            out.contains("test_seconds_bucket{kind=\"tts\",le=\"0.05\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("test_seconds_bucket{kind=\"tts\",le=\"0.025\"} 0\n"),
+            "{out}"
+        );
         assert!(out.contains("test_open 3\n"), "{out}");
-        assert!(out.contains("# TYPE test_undeclared_total counter\ntest_undeclared_total 1\n"), "{out}");
+        assert!(
+            out.contains("# TYPE test_undeclared_total counter\ntest_undeclared_total 1\n"),
+            "{out}"
+        );
         assert_eq!(registry.counter_total(TURNS), 2);
         assert_eq!(registry.histogram_count(SECONDS), 1);
     }
@@ -619,5 +649,99 @@ mod tests {
         assert_eq!(code_label(Code::Ok), "ok");
         assert_eq!(code_label(Code::InvalidArgument), "invalid_argument");
         assert_eq!(code_label(Code::ResourceExhausted), "resource_exhausted");
+    }
+}
+
+#[cfg(test)]
+mod grpc_tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio_stream::StreamExt;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    use super::*;
+
+    const HEALTH: &str = "grpc.health.v1.Health";
+
+    /// Serves a health service wrapped in [`GrpcMetrics`] on loopback.
+    async fn served() -> (Arc<Registry>, HealthClient<tonic::transport::Channel>) {
+        let registry = Arc::new(Registry::default());
+        let grpc = GrpcMetrics::new(Arc::clone(&registry));
+        let (health, service) = crate::Health::new(&["tts.TTSService"]).await;
+        health.set_serving(true).await;
+        let (listener, addr) = crate::bind("127.0.0.1:0").await.expect("bind");
+        let router = tonic::transport::Server::builder().add_service(grpc.wrap(service));
+        tokio::spawn(async move {
+            let _keep = health;
+            router.serve_with_incoming(crate::incoming(listener)).await
+        });
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect");
+        (registry, HealthClient::new(channel))
+    }
+
+    fn request(service: &str) -> HealthCheckRequest {
+        HealthCheckRequest {
+            service: service.to_string(),
+        }
+    }
+
+    async fn until(what: &str, done: impl Fn() -> bool) {
+        let waited = tokio::time::timeout(Duration::from_secs(5), async {
+            while !done() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert!(waited.is_ok(), "{what}");
+    }
+
+    #[tokio::test]
+    async fn every_call_is_counted_by_method_and_code_and_timed() {
+        let (registry, mut client) = served().await;
+        client.check(request("")).await.expect("ok");
+        client
+            .check(request("no.Such"))
+            .await
+            .expect_err("not found");
+        // A stream the client leaves before it ends is cancelled.
+        let mut watch = client.watch(request("")).await.expect("watch").into_inner();
+        watch.next().await.expect("first").expect("status");
+        drop(watch);
+
+        let handled = |method: &'static str, code: &'static str| {
+            registry.counter(
+                GRPC_HANDLED,
+                &[("service", HEALTH), ("method", method), ("code", code)],
+            )
+        };
+        until("the cancelled Watch is counted", || {
+            handled("Watch", "cancelled") == 1
+        })
+        .await;
+        assert_eq!(handled("Check", "ok"), 1);
+        assert_eq!(handled("Check", "not_found"), 1);
+        assert_eq!(
+            registry.counter(GRPC_STARTED, &[("service", HEALTH), ("method", "Check")]),
+            2
+        );
+        assert_eq!(registry.histogram_count(GRPC_HANDLING), 3);
+        let mut out = String::new();
+        registry.render(&mut out);
+        assert!(
+            out.contains("# HELP voxwire_grpc_server_handled_total "),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "voxwire_grpc_server_handled_total{service=\"grpc.health.v1.Health\",method=\"Check\",code=\"not_found\"} 1"
+            ),
+            "{out}"
+        );
     }
 }

@@ -163,10 +163,12 @@ pub async fn start(
         .add_service(voxwire_service::reflection_v1alpha(&[<SttServiceServer<
             SttServiceImpl,
         > as tonic::server::NamedService>::NAME])?)
-        .add_service(grpc.wrap(
-            SttServiceServer::new(SttServiceImpl::new(Arc::clone(&worker)))
-                .max_decoding_message_size(args.max_message_bytes),
-        ));
+        .add_service(
+            grpc.wrap(
+                SttServiceServer::new(SttServiceImpl::new(Arc::clone(&worker)))
+                    .max_decoding_message_size(args.max_message_bytes),
+            ),
+        );
     tracing::info!(%addr, model = %model_path.display(), tls = ?tls, "stt-worker listening (NOT_SERVING until the model is warm)");
     let warm_up = {
         let worker = Arc::clone(&worker);

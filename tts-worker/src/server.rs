@@ -214,10 +214,12 @@ pub async fn start(
         .add_service(voxwire_service::reflection_v1alpha(&[<TtsServiceServer<
             TtsServiceImpl,
         > as tonic::server::NamedService>::NAME])?)
-        .add_service(grpc.wrap(
-            TtsServiceServer::new(TtsServiceImpl::new(Arc::clone(&worker)))
-                .max_decoding_message_size(args.max_message_bytes),
-        ));
+        .add_service(
+            grpc.wrap(
+                TtsServiceServer::new(TtsServiceImpl::new(Arc::clone(&worker)))
+                    .max_decoding_message_size(args.max_message_bytes),
+            ),
+        );
     tracing::info!(%addr, tls = ?tls, "tts-worker listening (NOT_SERVING until the voice is warm)");
 
     {

@@ -90,10 +90,9 @@ pub async fn connect_with(target: &str, options: &ClientOptions) -> Result<Conn,
         .connect_timeout(options.connect_timeout);
     let uri = endpoint.uri().to_string();
     let connecting = async {
-        endpoint
-            .connect()
-            .await
-            .map_err(|e| ClientError::Connect(format!("{uri}: {}", voxwire_service::error_chain(&e))))
+        endpoint.connect().await.map_err(|e| {
+            ClientError::Connect(format!("{uri}: {}", voxwire_service::error_chain(&e)))
+        })
     };
     let channel = within(
         options.connect_timeout,
