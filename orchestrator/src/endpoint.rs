@@ -407,6 +407,7 @@ impl Endpoint {
                     self.set_state(EndpointState::Disconnected);
                 }
                 Err(error) => {
+                    let error = voxwire_service::error_chain(&error);
                     tracing::debug!(endpoint = %self.address, %error, "connect failed");
                 }
             }
