@@ -15,7 +15,7 @@ use voxwire_proto::tts::{
 use voxwire_proto::tts_stream::TtsStreamValidator;
 use voxwire_proto::{Rule, Violation};
 
-use crate::catalogue::Service;
+use crate::target::Service;
 use crate::client::{
     end_tts_session, expect_code, load_metrics, must_ok, prompt, start_tts_session, status_text,
     Ctx, CALL_DEADLINE, PROMPT,
