@@ -106,6 +106,7 @@ fn expect_rule(status: &Status, violation: &Violation) -> Result<(), TestCaseErr
 
 #[test]
 fn start_session_takes_any_id_to_ok_or_session_id_invalid() {
+    let _gate = crate::GATE.enter(module_path!());
     let rt = runtime();
     let worker = rt.block_on(worker());
     runner(48)
@@ -184,6 +185,7 @@ fn call() -> BoxedStrategy<Call> {
 
 #[test]
 fn synthesize_ends_every_hostile_call_with_valid_frames_or_the_broken_rule() {
+    let _gate = crate::GATE.enter(module_path!());
     let rt = runtime();
     let worker = rt.block_on(worker());
     runner(32)
@@ -268,6 +270,7 @@ fn rand_suffix() -> u64 {
 
 #[test]
 fn a_message_past_the_size_limit_is_refused_out_of_range() {
+    let _gate = crate::GATE.enter(module_path!());
     let rt = runtime();
     let worker = rt.block_on(worker());
     rt.block_on(async {

@@ -1,10 +1,8 @@
 //! The load figures a worker reports stay true when clients cancel.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use voxwire_tts_worker::server::Args;
 
 fn queued(fixture: &Fixture) -> f64 {
@@ -16,6 +14,7 @@ fn queued(fixture: &Fixture) -> f64 {
 /// kept avoiding the worker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_synthesize_calls_leave_queued_requests_at_zero() {
+    let _gate = crate::GATE.enter(module_path!());
     let fixture = start_worker(Args {
         inference_slots: Some(1),
         ..Args::tone_for_tests()

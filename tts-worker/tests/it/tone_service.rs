@@ -4,9 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
@@ -21,6 +19,7 @@ use voxwire_tts_worker::server::Args;
 
 #[tokio::test]
 async fn session_errors_have_their_status_codes() {
+    let _gate = crate::GATE.enter(module_path!());
     let fixture = start_worker(Args {
         max_sessions: 2,
         ..Args::tone_for_tests()
@@ -76,6 +75,7 @@ async fn session_errors_have_their_status_codes() {
 
 #[tokio::test]
 async fn one_session_carries_many_calls_and_both_empty_cases_end_with_one_final() {
+    let _gate = crate::GATE.enter(module_path!());
     let fixture = start_worker(Args::tone_for_tests()).await;
     let mut tts = fixture.tts();
     fixture.start_session("s").await;
@@ -102,6 +102,7 @@ async fn one_session_carries_many_calls_and_both_empty_cases_end_with_one_final(
 
 #[tokio::test]
 async fn first_frame_arrives_before_the_input_ends() {
+    let _gate = crate::GATE.enter(module_path!());
     let fixture = start_worker(Args::tone_for_tests()).await;
     let mut tts = fixture.tts();
     fixture.start_session("s").await;
@@ -134,6 +135,7 @@ async fn first_frame_arrives_before_the_input_ends() {
 
 #[tokio::test]
 async fn stop_ends_only_its_own_session_and_the_session_stays_usable() {
+    let _gate = crate::GATE.enter(module_path!());
     let fixture = start_worker(Args {
         realtime: true,
         ..Args::tone_for_tests()
@@ -188,6 +190,7 @@ async fn stop_ends_only_its_own_session_and_the_session_stays_usable() {
 
 #[tokio::test]
 async fn cancelling_a_call_returns_its_capacity() {
+    let _gate = crate::GATE.enter(module_path!());
     let fixture = start_worker(Args {
         realtime: true,
         ..Args::tone_for_tests()
@@ -227,6 +230,7 @@ async fn cancelling_a_call_returns_its_capacity() {
 
 #[tokio::test]
 async fn chunk_naming_another_session_and_overlong_text_are_invalid() {
+    let _gate = crate::GATE.enter(module_path!());
     let fixture = start_worker(Args {
         max_text_chars: 50,
         ..Args::tone_for_tests()
@@ -269,6 +273,7 @@ async fn chunk_naming_another_session_and_overlong_text_are_invalid() {
 
 #[tokio::test]
 async fn health_goes_not_serving_on_drain_and_new_sessions_are_refused() {
+    let _gate = crate::GATE.enter(module_path!());
     let fixture = start_worker(Args {
         realtime: true,
         ..Args::tone_for_tests()

@@ -3,11 +3,9 @@
 //! validator, the first frame comes before the client's last chunk, and
 //! empty input ends with exactly one final.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
@@ -29,6 +27,7 @@ fn piper_args() -> Option<Args> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_is_not_serving_until_the_voice_is_warm() {
+    let _gate = crate::GATE.enter(module_path!());
     let Some(args) = piper_args() else {
         return;
     };
@@ -73,6 +72,7 @@ async fn health_is_not_serving_until_the_voice_is_warm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_voice_streams_valid_frames_before_the_input_ends() {
+    let _gate = crate::GATE.enter(module_path!());
     let Some(args) = piper_args() else {
         return;
     };
