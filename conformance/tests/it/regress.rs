@@ -2,13 +2,13 @@
 //! must match conformance/goldens/tts-tone.json. `just regress` (or
 //! `VOXWIRE_REGRESS_UPDATE=1`) re-records it after an intentional change.
 
-mod support;
+use crate::support;
 
 use std::path::PathBuf;
 
 use voxwire_conformance::regress::{self, Golden, RecordConfig};
 
-const WORKER: &str = "tts-worker --engine tone (in process: conformance/tests/regress.rs)";
+const WORKER: &str = "tts-worker --engine tone (in process: conformance/tests/it/regress.rs)";
 
 fn golden_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("goldens/tts-tone.json")
@@ -32,6 +32,7 @@ async fn record(seed: u64, cases: u32) -> Golden {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tone_worker_matches_the_golden() {
+    let _gate = crate::GATE.enter(module_path!());
     let path = golden_path();
     if updating() {
         // Keep the golden's seed and size, so a re-record shows only what
@@ -67,6 +68,7 @@ async fn tone_worker_matches_the_golden() {
 
 #[test]
 fn the_committed_golden_covers_the_deterministic_cases() {
+    let _gate = crate::GATE.enter(module_path!());
     let golden = regress::read(&golden_path()).expect("the golden is committed");
     assert!(!golden.cases.is_empty());
     for case in &golden.cases {
@@ -82,6 +84,7 @@ fn the_committed_golden_covers_the_deterministic_cases() {
 
 #[test]
 fn a_changed_golden_entry_is_detected() {
+    let _gate = crate::GATE.enter(module_path!());
     let golden = regress::read(&golden_path()).expect("the golden is committed");
     assert_eq!(regress::compare(&golden, &golden), Ok(()));
 
@@ -129,7 +132,8 @@ fn a_changed_golden_entry_is_detected() {
 /// changes, not only edited files.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_framing_change_in_the_worker_is_detected() {
-    use support::faulty_tts::{self, TtsFault};
+    let _gate = crate::GATE.enter(module_path!());
+    use crate::support::faulty_tts::{self, TtsFault};
     let config = |addr: std::net::SocketAddr| RecordConfig {
         target: addr.to_string(),
         seed: regress::DEFAULT_SEED,

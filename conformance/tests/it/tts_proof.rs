@@ -3,12 +3,12 @@
 //!
 //! Adding a real worker is one test like `piper_worker_conforms`.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 
-use support::faulty_tts::{self, TtsFault};
-use support::{assert_all_pass, assert_fail, run_suite, Worker, TTS_FAULTS};
+use crate::support::faulty_tts::{self, TtsFault};
+use crate::support::{assert_all_pass, assert_fail, run_suite, Worker, TTS_FAULTS};
 use voxwire_conformance::outcome::Outcome;
 use voxwire_conformance::runner::{self, RunConfig, Standing};
 use voxwire_conformance::{CaseLevel, Service};
@@ -33,6 +33,7 @@ async fn fails_its_cases(fault: TtsFault) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tone_worker_conforms() {
+    let _gate = crate::GATE.enter(module_path!());
     let worker = support::tone_tts_worker().await;
     let report = run_suite(&worker, Service::Tts, &[]).await;
     assert_all_pass(&report, "the tone tts-worker", &[]);
@@ -44,6 +45,7 @@ const PIPER_INPUTS: u32 = 2;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn piper_worker_conforms() {
+    let _gate = crate::GATE.enter(module_path!());
     let Some(worker) = support::piper_tts_worker().await else {
         return;
     };
@@ -55,6 +57,7 @@ async fn piper_worker_conforms() {
 /// `tts.TTSService` passes every case against a tone worker behind it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orchestrator_relay_conforms() {
+    let _gate = crate::GATE.enter(module_path!());
     let relay = support::orchestrator_over_tone().await;
     let report = run_suite(&relay, Service::Tts, &[]).await;
     assert_all_pass(&report, "the orchestrator relaying to a tone worker", &[]);
@@ -62,6 +65,7 @@ async fn orchestrator_relay_conforms() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faulty_worker_without_a_fault_conforms() {
+    let _gate = crate::GATE.enter(module_path!());
     let worker = faulty_tts::start(TtsFault::None).await;
     let report = run_suite(&worker, Service::Tts, &[]).await;
     assert_all_pass(&report, "the faulty worker with no fault", &[]);
@@ -73,6 +77,7 @@ async fn faulty_worker_without_a_fault_conforms() {
 /// what the worker did, and fails the run (a MUST: is_final ends the input).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_against_a_worker_buffering_until_half_close_is_bounded_and_names_the_rule() {
+    let _gate = crate::GATE.enter(module_path!());
     let worker = faulty_tts::start(TtsFault::BufferUntilHalfClose).await;
     let started = Instant::now();
     let report = support::run_suite_with(&worker, Service::Tts, &[], DEFAULT_INPUTS).await;
@@ -112,6 +117,7 @@ async fn a_run_against_a_worker_buffering_until_half_close_is_bounded_and_names_
 /// to the end, and the whole run is bounded by cases x deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_against_a_worker_that_never_answers_synthesize_ends_each_case_at_its_deadline() {
+    let _gate = crate::GATE.enter(module_path!());
     let worker = faulty_tts::start(TtsFault::SynthesizeHangs).await;
     let deadline = Duration::from_secs(3);
     let mut config = RunConfig::new(worker.addr().to_string(), Service::Tts);
@@ -159,6 +165,7 @@ macro_rules! fault_tests {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
+                let _gate = crate::GATE.enter(module_path!());
                 fails_its_cases(TtsFault::$fault).await;
             }
         )*
@@ -166,6 +173,7 @@ macro_rules! fault_tests {
         /// Every fault of the table has its test above.
         #[test]
         fn every_fault_in_the_table_has_a_test() {
+            let _gate = crate::GATE.enter(module_path!());
             let tested = [$(TtsFault::$fault),*];
             for (fault, _) in TTS_FAULTS {
                 assert!(tested.contains(fault), "{fault:?} has no test");

@@ -1,12 +1,10 @@
 //! The `conformance` binary as a third party uses it: exit status, the replay
 //! command it prints, the known-failing list, JSON and JUnit output, env flags.
 
-mod support;
-
 use std::path::PathBuf;
 use std::process::Output;
 
-use support::faulty_tts::{self, TtsFault};
+use crate::support::faulty_tts::{self, TtsFault};
 
 async fn conformance(args: Vec<String>, env: Vec<(&'static str, String)>) -> Output {
     tokio::task::spawn_blocking(move || {
@@ -36,6 +34,7 @@ fn scratch(name: &str) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_prints_every_case() {
+    let _gate = crate::GATE.enter(module_path!());
     let output = conformance(args(&["list"]), Vec::new()).await;
     assert!(output.status.success());
     let text = stdout(&output);
@@ -46,6 +45,7 @@ async fn list_prints_every_case() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_must_failure_exits_non_zero_and_its_replay_reproduces_it() {
+    let _gate = crate::GATE.enter(module_path!());
     let worker = faulty_tts::start(TtsFault::SeqGap).await;
     let target = worker.addr.to_string();
     let (json, junit) = (scratch("seq.json"), scratch("seq.xml"));
@@ -127,6 +127,7 @@ async fn a_must_failure_exits_non_zero_and_its_replay_reproduces_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn known_failing_cases_do_not_fail_the_run_but_a_stale_entry_does() {
+    let _gate = crate::GATE.enter(module_path!());
     let worker = faulty_tts::start(TtsFault::HealthAbsent).await;
     let target = worker.addr.to_string();
     let list = scratch("known-failing.txt");
@@ -176,6 +177,7 @@ async fn known_failing_cases_do_not_fail_the_run_but_a_stale_entry_does() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_should_failure_alone_exits_zero() {
+    let _gate = crate::GATE.enter(module_path!());
     let worker = faulty_tts::start(TtsFault::MetricsMissing).await;
     let output = conformance(
         args(&[
@@ -197,6 +199,7 @@ async fn a_should_failure_alone_exits_zero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_typo_in_the_known_failing_list_is_an_error() {
+    let _gate = crate::GATE.enter(module_path!());
     let list = scratch("typo.txt");
     std::fs::write(&list, "tts/health/chek\n").expect("write");
     let output = conformance(
@@ -218,6 +221,7 @@ async fn a_typo_in_the_known_failing_list_is_an_error() {
 /// exited 0, having checked nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_glob_that_selects_nothing_is_an_error_not_a_pass() {
+    let _gate = crate::GATE.enter(module_path!());
     let output = conformance(
         args(&["tts", "--target", "127.0.0.1:1", "--run", "tts/no-such-family/*"]),
         Vec::new(),
@@ -236,6 +240,7 @@ async fn a_glob_that_selects_nothing_is_an_error_not_a_pass() {
 /// its own connect error, instead of one clear line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_target_is_one_clear_error_and_no_case_runs() {
+    let _gate = crate::GATE.enter(module_path!());
     // Bound and dropped: a loopback port nothing listens on.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -260,6 +265,7 @@ async fn an_unreachable_target_is_one_clear_error_and_no_case_runs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spawned_worker_that_dies_is_reported_not_waited_for() {
+    let _gate = crate::GATE.enter(module_path!());
     let started = std::time::Instant::now();
     let output = conformance(
         args(&[
@@ -287,6 +293,7 @@ async fn a_spawned_worker_that_dies_is_reported_not_waited_for() {
 /// worker exits 0, against a worker whose frames differ exits 1 with a diff.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn regress_records_compares_and_exits_non_zero_on_a_difference() {
+    let _gate = crate::GATE.enter(module_path!());
     let good = faulty_tts::start(TtsFault::None).await;
     let golden = scratch("regress.json");
     let golden_arg = golden.display().to_string();
@@ -316,6 +323,7 @@ async fn regress_records_compares_and_exits_non_zero_on_a_difference() {
 /// time, and exits non-zero.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_default_run_against_a_worker_buffering_until_half_close_is_bounded() {
+    let _gate = crate::GATE.enter(module_path!());
     let worker = faulty_tts::start(TtsFault::BufferUntilHalfClose).await;
     let started = std::time::Instant::now();
     let output = conformance(

@@ -27,7 +27,7 @@ pub const SEED: u64 = 20_261_124;
 pub const CASES: u32 = 6;
 
 /// Which cases each TTS fault must fail. Every MUST and SHOULD TTS case
-/// appears at least once (tests/coverage.rs checks it).
+/// appears at least once (tests/it/coverage.rs checks it).
 pub const TTS_FAULTS: &[(TtsFault, &[&str])] = &[
     (TtsFault::EmptyNonfinalFrame, &["tts/frame/empty-nonfinal"]),
     (TtsFault::WrongFrameSize, &["tts/frame/size"]),

@@ -3,10 +3,10 @@
 //!
 //! Another real worker is one more test like `whisper_worker_conforms`.
 
-mod support;
+use crate::support;
 
-use support::faulty_stt::{self, SttFault};
-use support::{assert_all_pass, assert_fail, run_suite, STT_FAULTS};
+use crate::support::faulty_stt::{self, SttFault};
+use crate::support::{assert_all_pass, assert_fail, run_suite, STT_FAULTS};
 use voxwire_conformance::{CaseLevel, Service};
 
 async fn fails_its_cases(fault: SttFault) {
@@ -30,6 +30,7 @@ const WHISPER_INPUTS: u32 = 2;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whisper_worker_conforms() {
+    let _gate = crate::GATE.enter(module_path!());
     let Some(worker) = support::whisper_stt_worker().await else {
         return;
     };
@@ -41,6 +42,7 @@ async fn whisper_worker_conforms() {
 /// Whisper worker behind it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orchestrator_relay_conforms() {
+    let _gate = crate::GATE.enter(module_path!());
     let Some(back) = support::whisper_stt_worker().await else {
         return;
     };
@@ -55,6 +57,7 @@ async fn orchestrator_relay_conforms() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faulty_worker_without_a_fault_conforms() {
+    let _gate = crate::GATE.enter(module_path!());
     let worker = faulty_stt::start(SttFault::None).await;
     let report = run_suite(&worker, Service::Stt, &[]).await;
     assert_all_pass(&report, "the faulty STT worker with no fault", &[]);
@@ -65,12 +68,14 @@ macro_rules! fault_tests {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
+                let _gate = crate::GATE.enter(module_path!());
                 fails_its_cases(SttFault::$fault).await;
             }
         )*
 
         #[test]
         fn every_fault_in_the_table_has_a_test() {
+            let _gate = crate::GATE.enter(module_path!());
             let tested = [$(SttFault::$fault),*];
             for (fault, _) in STT_FAULTS {
                 assert!(tested.contains(fault), "{fault:?} has no test");
