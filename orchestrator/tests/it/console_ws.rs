@@ -2,11 +2,9 @@
 //! Origin check, and a conversation over `/ws` against tone workers (the
 //! same Converse core as gRPC: state changes, audio, barge-in).
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -59,6 +57,7 @@ async fn next_of(socket: &mut Socket, kind: &str, frames: &mut usize) -> Value {
 
 #[tokio::test]
 async fn page_is_served_with_its_stable_ids() {
+    let _gate = crate::GATE.enter(module_path!());
     let orch = orchestrator(tts_args(&[])).await;
     let (status, body) = orch.http_get("/").await;
     assert_eq!(status, 200);
@@ -92,6 +91,7 @@ async fn page_is_served_with_its_stable_ids() {
 
 #[tokio::test]
 async fn cross_origin_websocket_is_refused() {
+    let _gate = crate::GATE.enter(module_path!());
     let orch = orchestrator(tts_args(&[])).await;
     let refused = open(&orch, "http://evil.example").await;
     assert!(
@@ -108,6 +108,7 @@ async fn cross_origin_websocket_is_refused() {
 /// and Host agree. It is refused; the same page by IP address is not.
 #[tokio::test]
 async fn a_rebound_host_name_is_refused_without_a_token() {
+    let _gate = crate::GATE.enter(module_path!());
     let orch = orchestrator(tts_args(&[])).await;
     let port = orch.running.http_addr.port();
     let mut request = format!("ws://{}/ws", orch.running.http_addr)
@@ -134,6 +135,7 @@ async fn a_rebound_host_name_is_refused_without_a_token() {
 /// the Host the orchestrator sees: `--console-origins` lets exactly those in.
 #[tokio::test]
 async fn listed_console_origins_are_let_in_and_no_others() {
+    let _gate = crate::GATE.enter(module_path!());
     let orch = orchestrator(Args {
         console_origins: "https://Voice.example.com/".into(),
         ..tts_args(&[])
@@ -150,6 +152,7 @@ async fn listed_console_origins_are_let_in_and_no_others() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_drives_a_conversation_with_barge_in() {
+    let _gate = crate::GATE.enter(module_path!());
     let worker = tone_worker(WorkerArgs {
         // Paced at real time: the long turn is still running when it is interrupted.
         realtime: true,
@@ -277,6 +280,7 @@ async fn read_until(stream: &mut tokio::net::TcpStream, seen: &mut String, needl
 
 #[tokio::test]
 async fn worker_events_stream_the_table_again_when_a_worker_goes() {
+    let _gate = crate::GATE.enter(module_path!());
     use tokio::io::AsyncWriteExt;
     let mut worker = tone_worker(WorkerArgs::tone_for_tests()).await;
     let orch = orchestrator(tts_args(&[worker.address()])).await;

@@ -7,9 +7,6 @@
 //! espeak-ng: each missing one fails in CI (CI=true) and skips elsewhere.
 //! Writes the page's screenshot to target/console.png.
 
-mod common;
-mod webdriver;
-
 use std::net::TcpListener as StdListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -17,7 +14,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
+use crate::webdriver::Session;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use voxwire_orchestrator::config::Args;
@@ -25,7 +23,6 @@ use voxwire_orchestrator::endpoint::EndpointState;
 use voxwire_orchestrator::pool::Pool;
 use voxwire_proto::metrics::ACTIVE_STREAMS;
 use voxwire_tts_worker::server::{Args as TtsArgs, EngineKind};
-use webdriver::Session;
 
 /// Loading and warming both models on a loaded 2-core machine.
 const MODELS_READY: Duration = Duration::from_secs(300);
@@ -212,6 +209,7 @@ fn target_dir() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_in_headless_chromium() {
+    let _gate = crate::GATE.enter(module_path!());
     let Some((chromium, chromedriver)) = browser() else {
         return;
     };
