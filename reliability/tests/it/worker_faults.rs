@@ -114,6 +114,7 @@ async fn used_again(orchestrator: &Orchestrator, address: &str) {
 
 #[tokio::test]
 async fn worker_killed_mid_stream_fails_the_turn_and_the_next_goes_elsewhere() {
+    let _gate = crate::GATE.enter(module_path!());
     let mut workers = tone_workers(2, 16, true).expect("workers");
     let orchestrator = Orchestrator::start(OrchestratorConfig::new(&addresses(&workers), &[]))
         .await
@@ -168,6 +169,7 @@ async fn worker_killed_mid_stream_fails_the_turn_and_the_next_goes_elsewhere() {
 
 #[tokio::test]
 async fn worker_stopped_mid_stream_fails_by_the_deadline_and_is_used_again_after_sigcont() {
+    let _gate = crate::GATE.enter(module_path!());
     let workers = tone_workers(2, 16, true).expect("workers");
     // A long EndSession deadline: moving the session off the wedged worker
     // must not wait for it.
@@ -250,6 +252,7 @@ async fn worker_stopped_mid_stream_fails_by_the_deadline_and_is_used_again_after
 
 #[tokio::test]
 async fn a_flapping_worker_never_fails_a_turn() {
+    let _gate = crate::GATE.enter(module_path!());
     let flapper = FakeWorker::start(Fault::None).await.expect("fake");
     let steady = Worker::tone(None, 64, false).expect("tone worker");
     steady
@@ -329,6 +332,7 @@ async fn a_flapping_worker_never_fails_a_turn() {
 
 #[tokio::test]
 async fn a_client_leaving_mid_turn_cancels_the_worker_stream_and_returns_capacity() {
+    let _gate = crate::GATE.enter(module_path!());
     let worker = Worker::tone(None, 16, true).expect("tone worker");
     let orchestrator = Orchestrator::start(OrchestratorConfig::new(
         std::slice::from_ref(&worker.addr),

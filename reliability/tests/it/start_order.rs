@@ -131,30 +131,36 @@ async fn run(order: [Piece; 3]) {
 
 #[tokio::test]
 async fn orchestrator_tts_stt() {
+    let _gate = crate::GATE.enter(module_path!());
     run([Piece::Orchestrator, Piece::Tts, Piece::Stt]).await;
 }
 
 #[tokio::test]
 async fn orchestrator_stt_tts() {
+    let _gate = crate::GATE.enter(module_path!());
     run([Piece::Orchestrator, Piece::Stt, Piece::Tts]).await;
 }
 
 #[tokio::test]
 async fn tts_orchestrator_stt() {
+    let _gate = crate::GATE.enter(module_path!());
     run([Piece::Tts, Piece::Orchestrator, Piece::Stt]).await;
 }
 
 #[tokio::test]
 async fn tts_stt_orchestrator() {
+    let _gate = crate::GATE.enter(module_path!());
     run([Piece::Tts, Piece::Stt, Piece::Orchestrator]).await;
 }
 
 #[tokio::test]
 async fn stt_orchestrator_tts() {
+    let _gate = crate::GATE.enter(module_path!());
     run([Piece::Stt, Piece::Orchestrator, Piece::Tts]).await;
 }
 
 #[tokio::test]
 async fn stt_tts_orchestrator() {
+    let _gate = crate::GATE.enter(module_path!());
     run([Piece::Stt, Piece::Tts, Piece::Orchestrator]).await;
 }

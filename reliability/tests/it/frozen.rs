@@ -5,7 +5,7 @@
 //! aside: audio already left, so that one turn fails by its bound), and the
 //! worker must rejoin by itself after SIGCONT.
 //! (STT Transcribe and Converse with a frozen worker are in
-//! orchestrator/tests/frozen_workers.rs, with in-process workers.)
+//! orchestrator/tests/it/frozen_workers.rs, with in-process workers.)
 
 use std::time::{Duration, Instant};
 
@@ -167,6 +167,7 @@ async fn rejoins(orchestrator: &Orchestrator, victim: &voxwire_reliability::stac
 
 #[tokio::test]
 async fn sigstop_while_idle_is_seen_within_a_second_and_costs_no_turn() {
+    let _gate = crate::GATE.enter(module_path!());
     let workers = tone_workers(2, 64, false).expect("workers");
     let all = addresses(&workers);
     let orchestrator = Orchestrator::start(defaults(&all))
@@ -199,6 +200,7 @@ async fn sigstop_while_idle_is_seen_within_a_second_and_costs_no_turn() {
 /// deadline (or when keepalive drops the connection, whichever is first).
 #[tokio::test]
 async fn sigstop_during_start_session_moves_those_sessions_within_the_attempt_deadline() {
+    let _gate = crate::GATE.enter(module_path!());
     let workers = tone_workers(2, 64, false).expect("workers");
     let all = addresses(&workers);
     let orchestrator = Orchestrator::start(defaults(&all))
@@ -227,6 +229,7 @@ async fn sigstop_during_start_session_moves_those_sessions_within_the_attempt_de
 /// the running worker within the bound.
 #[tokio::test]
 async fn sigstop_mid_stream_fails_that_turn_in_bound_and_no_other() {
+    let _gate = crate::GATE.enter(module_path!());
     let workers = tone_workers(2, 64, true).expect("workers");
     let all = addresses(&workers);
     let orchestrator = Orchestrator::start(defaults(&all))

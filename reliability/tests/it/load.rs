@@ -17,6 +17,7 @@ static SERIAL: Mutex<()> = Mutex::const_new(());
 
 #[tokio::test]
 async fn short_soak_loses_no_frame_and_fails_no_turn() {
+    let _gate = crate::GATE.enter(module_path!());
     let _serial = SERIAL.lock().await;
     let report = soak::run(&SoakConfig::short()).await.expect("soak runs");
     eprintln!(
@@ -31,6 +32,7 @@ const LONG: &str = "A long sentence that takes a while here.";
 
 #[tokio::test]
 async fn overload_is_refused_at_once_and_does_not_stall_admitted_sessions() {
+    let _gate = crate::GATE.enter(module_path!());
     let _serial = SERIAL.lock().await;
     // Two workers of 4 sessions each: room for 8.
     let workers = tone_workers(2, 4, true).expect("workers");

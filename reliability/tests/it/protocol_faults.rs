@@ -72,6 +72,7 @@ async fn no_leak(orchestrator: &Orchestrator, fake: &FakeWorker) {
 
 #[tokio::test]
 async fn a_protocol_violation_ends_the_turn_with_internal_naming_the_rule() {
+    let _gate = crate::GATE.enter(module_path!());
     let (fake, orchestrator) = alone(Fault::Violation).await;
     let (status, took) = one_turn(&orchestrator).await;
     assert_eq!(status.code(), Code::Internal, "{status:?}");
@@ -91,6 +92,7 @@ async fn a_protocol_violation_ends_the_turn_with_internal_naming_the_rule() {
 
 #[tokio::test]
 async fn a_stream_ending_without_its_final_frame_is_a_violation() {
+    let _gate = crate::GATE.enter(module_path!());
     let (fake, orchestrator) = alone(Fault::EndsWithoutFinal).await;
     let (status, took) = one_turn(&orchestrator).await;
     assert_eq!(status.code(), Code::Internal, "{status:?}");
@@ -104,6 +106,7 @@ async fn a_stream_ending_without_its_final_frame_is_a_violation() {
 
 #[tokio::test]
 async fn a_worker_that_never_sends_is_final_fails_by_the_frame_deadline() {
+    let _gate = crate::GATE.enter(module_path!());
     let (fake, orchestrator) = alone(Fault::NeverFinal).await;
     let (status, took) = one_turn(&orchestrator).await;
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
@@ -123,6 +126,7 @@ async fn a_worker_that_never_sends_is_final_fails_by_the_frame_deadline() {
 
 #[tokio::test]
 async fn a_slow_worker_fails_by_the_first_frame_deadline_and_its_turns_go_elsewhere() {
+    let _gate = crate::GATE.enter(module_path!());
     let slow = Fault::SlowFirstFrame(FIRST_FRAME_TIMEOUT + Duration::from_secs(3));
     // Alone: every attempt times out; the client hears DEADLINE_EXCEEDED
     // after the attempts (3) each waited the first-frame deadline.
@@ -178,6 +182,7 @@ async fn a_slow_worker_fails_by_the_first_frame_deadline_and_its_turns_go_elsewh
 
 #[tokio::test]
 async fn a_garbage_speaking_endpoint_is_never_used_and_not_hammered() {
+    let _gate = crate::GATE.enter(module_path!());
     let garbage = GarbageServer::start().await.expect("garbage server");
     let tone = Worker::tone(None, 64, false).expect("tone");
     tone.wait_serving(service_names::TTS, START)

@@ -20,6 +20,7 @@ const SHORT: &str = "Hi there.";
 
 #[tokio::test]
 async fn a_partitioned_worker_fails_its_turn_in_bound_and_rejoins_when_the_link_returns() {
+    let _gate = crate::GATE.enter(module_path!());
     if let Some(why) = netns::unavailable() {
         assert!(!in_ci(), "the partition test must run in CI: {why}");
         eprintln!("SKIPPED: {why}");
