@@ -25,7 +25,7 @@ conformance TARGET KIND="tts":
 # Re-record the protocol regression goldens (conformance/goldens/) after an intentional protocol change;
 # review the diff. `cargo test` compares against them.
 regress:
-    VOXWIRE_REGRESS_UPDATE=1 cargo test -p voxwire-conformance --test regress -- tone_worker_matches_the_golden
+    VOXWIRE_REGRESS_UPDATE=1 cargo test -p voxwire-conformance --test it -- regress::tone_worker_matches_the_golden
 
 # Benchmarks (docs/benchmarks.md), release build, under 15 minutes: the engine examples (Piper real-time factor at 1 and
 # 2 threads, Whisper WER / RTF / end-of-utterance latency on espeak-ng and Piper speech), then voxbench (relay overhead

@@ -13,29 +13,7 @@ use crate::client::Ctx;
 use crate::outcome::CaseResult;
 use crate::{stt, tts};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Service {
-    Tts,
-    Stt,
-}
-
-impl Service {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Service::Tts => "tts",
-            Service::Stt => "stt",
-        }
-    }
-
-    /// The gRPC name, as health and reflection know it.
-    pub const fn grpc_name(self) -> &'static str {
-        match self {
-            Service::Tts => voxwire_proto::service_names::TTS,
-            Service::Stt => voxwire_proto::service_names::STT,
-        }
-    }
-}
+pub use crate::target::Service;
 
 /// How much a failing case counts: a MUST failure fails the run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]

@@ -16,9 +16,8 @@ use voxwire_proto::stt::stt_service_client::SttServiceClient;
 use voxwire_proto::tts::tts_service_client::TtsServiceClient;
 use voxwire_proto::tts::{EndSessionRequest, StartSessionRequest};
 
-use crate::catalogue::Service;
 use crate::outcome::{ensure, pass, pass_with, CaseResult, Failure};
-use crate::runner::DrainTrigger;
+use crate::target::{DrainTrigger, Service};
 
 /// A call that should answer at once (unary calls, status codes, health).
 pub(crate) const PROMPT: Duration = Duration::from_secs(5);

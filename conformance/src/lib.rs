@@ -31,6 +31,7 @@ pub mod report;
 pub mod runner;
 pub mod spawn;
 mod stt;
+mod target;
 mod tts;
 
 pub use catalogue::{catalogue, CaseDef, CaseLevel, Service};

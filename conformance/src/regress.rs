@@ -273,7 +273,7 @@ fn record_call(input: u32, text: &TextInput, session: &str, call: &TtsCall) -> C
 fn about() -> Vec<String> {
     vec![
         "Protocol regression golden (conformance/src/regress.rs): for the seed below, each recorded case's exchange with the worker.".to_string(),
-        "Compared by `cargo test -p voxwire-conformance --test regress`; re-record after an intentional protocol change with `just regress`, then review this file's diff.".to_string(),
+        "Compared by `cargo test -p voxwire-conformance --test it -- regress::`; re-record after an intentional protocol change with `just regress`, then review this file's diff.".to_string(),
         "Recorded: requests (chunks, is_final, delay), frames folded into runs (sequence numbers, bytes, sample rate, frame duration, is_final), audio byte count and FNV-1a 64 hash. Not recorded: timings, session ids, status messages.".to_string(),
         "Excluded cases and why are listed under \"excluded\".".to_string(),
     ]

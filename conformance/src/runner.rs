@@ -1,7 +1,6 @@
 //! Runs the selected cases against one target and gathers a [`Report`].
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -10,6 +9,8 @@ use crate::catalogue::{catalogue, CaseDef, CaseLevel, Service};
 use crate::client::{self, Ctx};
 use crate::glob::Glob;
 use crate::outcome::{Failure, Outcome};
+
+pub use crate::target::DrainTrigger;
 
 /// The default of `--case-timeout`: a case that has not finished by then
 /// fails "no answer within N s", and the run goes on. Long enough for the
@@ -39,27 +40,6 @@ pub enum RunError {
     /// Every case would fail the same way; one line says why instead.
     #[error("cannot reach {target}: {reason}; no case was run")]
     Unreachable { target: String, reason: String },
-}
-
-/// Starts the target's drain, as SIGTERM does. Only a suite that started the
-/// worker itself can offer one; the drain cases skip without it.
-#[derive(Clone)]
-pub struct DrainTrigger(Arc<dyn Fn() + Send + Sync>);
-
-impl DrainTrigger {
-    pub fn new(trigger: impl Fn() + Send + Sync + 'static) -> DrainTrigger {
-        DrainTrigger(Arc::new(trigger))
-    }
-
-    pub fn fire(&self) {
-        (self.0)();
-    }
-}
-
-impl std::fmt::Debug for DrainTrigger {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("DrainTrigger")
-    }
 }
 
 /// What to run, against what.

@@ -13,7 +13,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-use crate::catalogue::Service;
+use crate::target::{DrainTrigger, Service};
 
 /// Between connection attempts while the worker has not bound its port yet.
 /// Readiness itself comes from the Watch stream, never from a delay.
@@ -101,9 +101,9 @@ fn sigterm(pid: u32) {
 
 impl SpawnedWorker {
     /// SIGTERM on demand: the drain cases run it last.
-    pub fn drain_trigger(&self) -> Option<crate::runner::DrainTrigger> {
+    pub fn drain_trigger(&self) -> Option<DrainTrigger> {
         let pid = self.child.id()?;
-        Some(crate::runner::DrainTrigger::new(move || sigterm(pid)))
+        Some(DrainTrigger::new(move || sigterm(pid)))
     }
 
     async fn wait_serving(

@@ -13,11 +13,11 @@ use voxwire_proto::stt::{RecognizeRequest, TranscriptEvent};
 use voxwire_proto::stt_stream::SttStreamValidator;
 use voxwire_proto::{Rule, Violation};
 
-use crate::catalogue::Service;
 use crate::client::{load_metrics, must_ok, status_text, Ctx, CALL_DEADLINE, PROMPT};
 use crate::inputs::{self, audio_request, config_request, AudioEnd, AudioInput, Segment};
 use crate::outcome::{ensure, ms, pass, pass_with, skip, CaseResult, Failure, TraceEntry};
 use crate::prop::{self, Probe};
+use crate::target::Service;
 
 const DEFAULT_RATES: [u32; 5] = [8_000, 16_000, 22_050, 44_100, 48_000];
 /// The chunk limit assumed when the worker advertises none (the proto

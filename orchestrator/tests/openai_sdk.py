@@ -1,6 +1,6 @@
 """The official `openai` SDK, unmodified, against the orchestrator's /v1.
 
-Run by tests/openai_sdk.rs in the venv it creates (target/venv-openai):
+Run by tests/it/openai_sdk.rs in the venv it creates (target/venv-openai):
 
     python openai_sdk.py BASE_URL API_KEY OUT_DIR TEXT CLIP_WAV
 

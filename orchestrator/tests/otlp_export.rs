@@ -7,6 +7,8 @@
 //! `traceparent`: one trace from client to worker. One test in this file: it
 //! sets the variable and installs the process's global subscriber.
 
+// The fixtures of the main test binary (tests/it).
+#[path = "it/common/mod.rs"]
 mod common;
 
 use std::sync::{Arc, Mutex};

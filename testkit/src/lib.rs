@@ -4,8 +4,12 @@
 //! A test that needs a real model calls [`model_dir`]. In CI (`CI=true`) a
 //! missing model is a failure, loudly; elsewhere the test skips with a message
 //! saying how to run it.
+//!
+//! And [`gate::Gate`], which keeps the former files of one gathered test
+//! binary from running at the same time.
 #![forbid(unsafe_code)]
 
+pub mod gate;
 pub mod speech;
 pub mod wer;
 

@@ -2,7 +2,8 @@
 //! (or the deterministic tone engine for tests and load runs).
 //!
 //! - [`text`]: sentences out of streaming text;
-//! - [`engine`]: the [`engine::Voice`] trait and the catalogue of voices;
+//! - [`voice`]: the [`voice::Voice`] trait every engine implements;
+//! - [`engine`]: the catalogue of voices and loading one;
 //! - [`tone`], [`piper`]: the two engines;
 //! - [`service`]: sessions, streaming synthesis, control, models, load;
 //! - [`server`]: flags, start-up (health NOT_SERVING until the voice is warm), drain.
@@ -14,3 +15,4 @@ pub mod server;
 pub mod service;
 pub mod text;
 pub mod tone;
+pub mod voice;

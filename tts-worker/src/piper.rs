@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use voxwire_piper::{DecodeWindows, PiperVoice, Scales};
 
-use crate::engine::{EngineError, Voice, VoiceInfo};
+use crate::voice::{EngineError, Voice, VoiceInfo};
 
 struct PiperAdapter {
     voice: PiperVoice,

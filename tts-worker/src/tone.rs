@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::engine::{EngineError, Voice, VoiceInfo};
+use crate::voice::{EngineError, Voice, VoiceInfo};
 
 /// Output rate: the wire's default, so no resampling is needed.
 const SAMPLE_RATE: u32 = 48_000;

@@ -1,9 +1,11 @@
 //! The client side of voxctl: speaking, transcribing and health checks over
 //! gRPC, to the orchestrator or straight to one worker. Every frame and event
 //! received is checked by the proto crate's validators, so voxctl doubles as a
-//! quick protocol check.
+//! quick protocol check. And [`certs`]: the development PKI and token of
+//! `voxctl certs`.
 #![forbid(unsafe_code)]
 
+pub mod certs;
 pub mod health;
 pub mod speak;
 pub mod transcribe;

@@ -114,55 +114,32 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    if let Command::Certs { dir, names } = &cli.command {
-        let mut all: Vec<&str> = voxwire_service::tls::DEV_SERVER_NAMES.to_vec();
-        all.extend(names.iter().map(String::as_str));
-        let pki = voxwire_service::tls::DevPki::generate("voxwire development CA", &all)?;
-        for path in pki.write_to(dir)? {
-            eprintln!("wrote {}", path.display());
-        }
-        // A bearer token for the orchestrator, kept across runs (clients hold it).
-        let token = dir.join("token");
-        if !token.exists() {
-            let secret = voxwire_service::credentials::Secret::generate()?;
-            std::fs::write(&token, format!("{}\n", secret.expose()))
-                .with_context(|| format!("writing {}", token.display()))?;
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600))
-                    .with_context(|| format!("restricting {}", token.display()))?;
+    match &cli.command {
+        Command::Certs { dir, names } => {
+            for path in voxctl::certs::write_pki(dir, names)? {
+                eprintln!("wrote {}", path.display());
             }
-            eprintln!("wrote {}", token.display());
+            if let Some(token) = voxctl::certs::write_token(dir)? {
+                eprintln!("wrote {}", token.display());
+            }
+            Ok(ExitCode::SUCCESS)
         }
-        return Ok(ExitCode::SUCCESS);
-    }
-    let options = ClientOptions {
-        tls: cli.tls.load().context("TLS options")?,
-        token: resolve_token(cli.auth_token.as_ref(), cli.auth_token_file.as_deref())
-            .context("auth token")?,
-        connect_timeout: std::time::Duration::from_millis(cli.connect_timeout_ms.max(1)),
-        call_timeout: std::time::Duration::from_millis(cli.call_timeout_ms.max(1)),
-    };
-    match cli.command {
-        Command::Certs { .. } => Ok(ExitCode::SUCCESS),
         Command::Say {
             text,
             output,
             tts,
             model,
         } => {
-            let spoken = match &tts {
-                Some(worker) => {
-                    voxctl::speak::via_worker_with(worker, &options, &text, &model).await
-                }
+            let options = client_options(&cli)?;
+            let spoken = match tts {
+                Some(worker) => voxctl::speak::via_worker_with(worker, &options, text, model).await,
                 None => {
-                    voxctl::speak::via_orchestrator_with(&cli.orchestrator, &options, &text, &model)
+                    voxctl::speak::via_orchestrator_with(&cli.orchestrator, &options, text, model)
                         .await
                 }
             }
             .context("say failed")?;
-            voxctl::wav::write_pcm16(&output, spoken.sample_rate, &spoken.pcm)
+            voxctl::wav::write_pcm16(output, spoken.sample_rate, &spoken.pcm)
                 .with_context(|| format!("writing {}", output.display()))?;
             eprintln!(
                 "{}: {:.2} s of audio at {} Hz in {} frames; first audio after {} ms, done after {} ms",
@@ -181,13 +158,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             partials,
             realtime,
         } => {
-            let (samples, rate) = voxctl::wav::read_mono16(&input)
+            let options = client_options(&cli)?;
+            let (samples, rate) = voxctl::wav::read_mono16(input)
                 .with_context(|| format!("reading {}", input.display()))?;
-            let (target, route) = match &stt {
+            let (target, route) = match stt {
                 Some(worker) => (worker.as_str(), Route::Worker),
                 None => (cli.orchestrator.as_str(), Route::Orchestrator),
             };
-            let send = SendOptions { partials, realtime };
+            let send = SendOptions {
+                partials: *partials,
+                realtime: *realtime,
+            };
             let mut progress = voxctl::transcribe::Progress::new(samples.len(), rate);
             voxctl::transcribe::transcribe_with(
                 target,
@@ -215,7 +196,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Health { target, service } => {
-            let status = voxctl::health::check_with(&target, &options, &service).await;
+            let options = client_options(&cli)?;
+            let status = voxctl::health::check_with(target, &options, service).await;
             match status {
                 Ok(status) => {
                     println!("{}", status.as_str_name());
@@ -235,4 +217,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
     }
+}
+
+/// The connection options of the commands that talk to a server (TLS files
+/// and the token are read only for those: `certs` needs neither).
+fn client_options(cli: &Cli) -> anyhow::Result<ClientOptions> {
+    Ok(ClientOptions {
+        tls: cli.tls.load().context("TLS options")?,
+        token: resolve_token(cli.auth_token.as_ref(), cli.auth_token_file.as_deref())
+            .context("auth token")?,
+        connect_timeout: std::time::Duration::from_millis(cli.connect_timeout_ms.max(1)),
+        call_timeout: std::time::Duration::from_millis(cli.call_timeout_ms.max(1)),
+    })
 }
