@@ -2,7 +2,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use voxctl::transcribe::{Route, SendOptions};
 use voxctl::ClientOptions;
 use voxwire_service::credentials::{resolve_token, Secret, SecretParser};
@@ -91,9 +91,9 @@ enum Command {
         #[arg(long = "name")]
         names: Vec<String>,
     },
-    /// Exit 0 iff HOST:PORT reports SERVING.
+    /// Exit 0 iff TARGET (HOST:PORT; default: --orchestrator) reports SERVING.
     Health {
-        target: String,
+        target: Option<String>,
         /// The service to ask about ("" is the whole server).
         #[arg(long, env = "VOXWIRE_SERVICE", default_value = "")]
         service: String,
@@ -102,15 +102,52 @@ enum Command {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse() {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
     match run(cli).await {
         Ok(code) => code,
         Err(error) => {
-            // One line, causes joined: probes and scripts log the first line.
-            eprintln!("voxctl: {error:#}");
+            // One line, each cause once: probes and scripts log the first line.
+            eprintln!("voxctl: {}", voxwire_service::error_chain(error.as_ref()));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The options every command that connects takes: accepted before the
+/// command or after it (`voxctl --orchestrator X say …`, as scripts write it).
+const CONNECTION_OPTIONS: &[&str] = &[
+    "orchestrator",
+    "tls_ca",
+    "tls_cert",
+    "tls_key",
+    "tls_domain",
+    "auth_token",
+    "auth_token_file",
+    "connect_timeout_ms",
+    "call_timeout_ms",
+];
+
+/// The command line, with the connection options left out of the help of
+/// `certs`, which connects to nothing. (They are global so they may come
+/// before the command; clap would otherwise list them under every command.)
+fn command() -> clap::Command {
+    let mut command = Cli::command();
+    // Global options reach the subcommands only once the command is built.
+    command.build();
+    command.mut_subcommand("certs", |certs| {
+        // In place: the built command's index of its arguments stays valid.
+        certs.mut_args(|arg| {
+            let connects = CONNECTION_OPTIONS.contains(&arg.get_id().as_str());
+            arg.hide(connects)
+        })
+    })
+}
+
+fn parse() -> Result<Cli, clap::Error> {
+    Cli::from_arg_matches(&command().try_get_matches()?)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -197,6 +234,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Health { target, service } => {
             let options = client_options(&cli)?;
+            let target = target.as_deref().unwrap_or(&cli.orchestrator);
             let status = voxctl::health::check_with(target, &options, service).await;
             match status {
                 Ok(status) => {

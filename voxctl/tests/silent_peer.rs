@@ -1,4 +1,5 @@
-//! voxctl against a peer that accepts connections and never answers.
+//! voxctl as a script runs it: against a peer that accepts connections and
+//! never answers, with bad options, and what its help lists.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -81,4 +82,64 @@ fn an_invalid_token_is_not_printed() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!stderr.contains("almost-the-token"), "{stderr}");
     assert!(stderr.contains("--auth-token"), "{stderr}");
+}
+
+fn voxctl(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_voxctl"))
+        .args(args)
+        .env_remove("VOXWIRE_AUTH_TOKEN")
+        .env_remove("VOXWIRE_ORCHESTRATOR")
+        .output()
+        .expect("voxctl runs")
+}
+
+/// Regression (issue 22, Low): `voxctl certs --help` listed the connection
+/// options, which it ignores, and `voxctl health` listed `--orchestrator`,
+/// which it ignored.
+#[test]
+fn a_command_lists_only_the_options_it_uses() {
+    let certs = voxctl(&["certs", "--help"]);
+    assert!(certs.status.success());
+    let help = String::from_utf8_lossy(&certs.stdout);
+    for unused in [
+        "--orchestrator",
+        "--tls-ca",
+        "--auth-token",
+        "--call-timeout-ms",
+    ] {
+        assert!(
+            !help.contains(unused),
+            "certs --help shows {unused}:\n{help}"
+        );
+    }
+    assert!(help.contains("--name"), "{help}");
+    // health uses --orchestrator: it is the target when none is given.
+    let (_listener, address) = silent_peer();
+    let health = voxctl(&[
+        "--orchestrator",
+        &address,
+        "health",
+        "--connect-timeout-ms",
+        "300",
+        "--call-timeout-ms",
+        "300",
+    ]);
+    assert!(!health.status.success());
+    let stderr = String::from_utf8_lossy(&health.stderr);
+    assert!(stderr.starts_with(&address), "asked {address}: {stderr}");
+}
+
+/// Regression (issue 22, Low): a connect error named its cause twice
+/// ("tcp connect error: tcp connect error").
+#[test]
+fn a_connect_error_names_each_cause_once() {
+    let refused = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .to_string();
+    let output = voxctl(&["health", &refused]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("Connection refused"), "{stderr}");
+    assert_eq!(stderr.matches("tcp connect error").count(), 1, "{stderr}");
 }
