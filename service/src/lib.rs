@@ -337,6 +337,8 @@ where
 pub struct Running<W, E: std::error::Error + 'static> {
     pub addr: SocketAddr,
     pub worker: Arc<W>,
+    /// Where `GET /metrics` is served, when it is (`--metrics-listen`).
+    pub metrics_addr: Option<SocketAddr>,
     task: tokio::task::JoinHandle<Result<(), RunError<E>>>,
 }
 
@@ -346,7 +348,18 @@ impl<W, E: std::error::Error + 'static> Running<W, E> {
         worker: Arc<W>,
         task: tokio::task::JoinHandle<Result<(), RunError<E>>>,
     ) -> Self {
-        Running { addr, worker, task }
+        Running {
+            addr,
+            worker,
+            metrics_addr: None,
+            task,
+        }
+    }
+
+    /// The same, serving metrics at `metrics_addr`.
+    pub fn with_metrics(mut self, metrics_addr: Option<SocketAddr>) -> Self {
+        self.metrics_addr = metrics_addr;
+        self
     }
 
     /// Waits until the server stops (its `stop` future resolved and it

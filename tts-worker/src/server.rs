@@ -196,16 +196,20 @@ pub async fn start(
     let worker = TtsWorker::new(config, catalogue, drain.clone());
     let registry = Arc::new(voxwire_service::metrics::Registry::default());
     let grpc = voxwire_service::metrics::GrpcMetrics::new(Arc::clone(&registry));
-    if let Some(metrics_addr) = &args.metrics_listen {
-        let w = Arc::clone(&worker);
-        voxwire_service::serve_load_metrics(
-            metrics_addr,
-            "voxwire_tts",
-            move || w.load_metrics(),
-            registry,
-        )
-        .await?;
-    }
+    let metrics_addr = match &args.metrics_listen {
+        Some(metrics_addr) => {
+            let w = Arc::clone(&worker);
+            let bound = voxwire_service::serve_load_metrics(
+                metrics_addr,
+                "voxwire_tts",
+                move || w.load_metrics(),
+                registry,
+            )
+            .await?;
+            Some(bound)
+        }
+        None => None,
+    };
     let router = voxwire_service::tls::server_builder(tls.as_ref())?
         .add_service(health_service)
         .add_service(voxwire_service::reflection(&[<TtsServiceServer<
@@ -246,7 +250,7 @@ pub async fn start(
         stop,
         warm_up,
     );
-    Ok(RunningWorker::new(addr, worker, task))
+    Ok(RunningWorker::new(addr, worker, task).with_metrics(metrics_addr))
 }
 
 fn worker_idle(args: &Args) -> Duration {

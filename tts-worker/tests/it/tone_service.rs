@@ -331,3 +331,50 @@ async fn health_goes_not_serving_on_drain_and_new_sessions_are_refused() {
         .expect("exits within the drain bound")
         .expect("clean exit");
 }
+
+/// A minimal HTTP/1.0 GET of `path`: the body.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default()
+}
+
+/// Regression (issue 22, Low): the worker's /metrics had only its load
+/// gauges, with no `# HELP`, and no request counts or latencies.
+#[tokio::test]
+async fn metrics_count_and_time_each_call_by_method_and_code() {
+    let _gate = crate::GATE.enter(module_path!());
+    let fixture = start_worker(Args {
+        metrics_listen: Some("127.0.0.1:0".into()),
+        ..Args::tone_for_tests()
+    })
+    .await;
+    let metrics = fixture.running.metrics_addr.expect("metrics served");
+    let mut tts = fixture.tts();
+    let unknown = tts
+        .start_session(StartSessionRequest {
+            session_id: "m".into(),
+            model_id: "no-such-voice".into(),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(code(unknown), Code::NotFound);
+    fixture.start_session("m").await;
+    let body = http_get(metrics, "/metrics").await;
+    for line in [
+        "# HELP voxwire_tts_active_sessions ",
+        "# HELP voxwire_grpc_server_handled_total ",
+        "voxwire_grpc_server_handled_total{service=\"tts.TTSService\",method=\"StartSession\",code=\"not_found\"} 1",
+        "voxwire_grpc_server_handled_total{service=\"tts.TTSService\",method=\"StartSession\",code=\"ok\"} 1",
+        "voxwire_grpc_server_handling_seconds_count{service=\"tts.TTSService\",method=\"StartSession\"} 2",
+    ] {
+        assert!(body.contains(line), "{line} missing:\n{body}");
+    }
+}
