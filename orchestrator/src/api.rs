@@ -9,7 +9,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 use voxwire_proto::session::validate_session_id;
-use voxwire_proto::stt::{recognize_request, RecognizeRequest, TranscriptEvent};
+use voxwire_proto::stt::{RecognizeRequest, TranscriptEvent};
 use voxwire_proto::stt_stream::SttRequestValidator;
 use voxwire_proto::tts::{AudioFrame, TextChunk};
 use voxwire_proto::voxwire::v1::registry_server::Registry;
@@ -17,6 +17,7 @@ use voxwire_proto::voxwire::v1::voxwire_server::Voxwire;
 use voxwire_proto::voxwire::v1::{
     ConverseEvent, ConverseRequest, RegisterRequest, RegisterResponse, SpeakRequest,
 };
+use voxwire_proto::{Rule, Violation};
 
 use crate::app::Orchestrator;
 use crate::converse;
@@ -108,12 +109,7 @@ pub fn recognize_stream(
     trace: TraceContext,
 ) -> Result<ReceiverStream<Result<TranscriptEvent, Status>>, Status> {
     let mut validator = SttRequestValidator::new(app.settings.security.audio);
-    validator.accept(&first)?;
-    let Some(recognize_request::Request::Config(config)) = first.request else {
-        return Err(Status::invalid_argument(
-            "STT-CONFIG-FIRST: the first request must carry config",
-        ));
-    };
+    let config = validator.accept_config(&first)?.clone();
     let admitted = app.admit()?;
     let (tx, rx) = mpsc::channel(32);
     let idle = app.settings.stream_idle;
@@ -236,7 +232,7 @@ pub async fn first_request(
         }
     })?
     .ok_or_else(|| {
-        Status::invalid_argument("STT-CONFIG-FIRST: the stream closed before any config")
+        Violation::new(Rule::SttConfigFirst, "the stream closed before any config").into()
     })
 }
 

@@ -81,9 +81,7 @@ impl Orchestrator {
 
     /// Admits one unit of work, refusing with UNAVAILABLE while draining.
     pub fn admit(&self) -> Result<InFlight, Status> {
-        self.drain
-            .admit()
-            .ok_or_else(|| Status::unavailable("HEALTH-DRAIN: the orchestrator is draining"))
+        Ok(self.drain.admit()?)
     }
 
     /// One TTS turn of a session outside Converse: SPEAKING for its duration.

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
-use voxwire_proto::audio::FrameFormat;
 use voxwire_proto::rules::{Rule, Violation};
 use voxwire_proto::session::validate_session_id;
 use voxwire_proto::stt::stt_service_client::SttServiceClient;
@@ -15,7 +14,7 @@ use voxwire_proto::stt::{self, RecognizeRequest, TranscriptEvent};
 use voxwire_proto::tts::tts_service_client::TtsServiceClient;
 use voxwire_proto::tts::tts_service_server::TtsService;
 use voxwire_proto::tts::*;
-use voxwire_proto::tts_stream::{check_chunk_session, Framer};
+use voxwire_proto::tts_stream::{check_chunk_session, empty_call_reply};
 
 use crate::api::{
     client_stream_error, first_request, idle_stream, recognize_stream, speak_stream, TextSource,
@@ -123,11 +122,8 @@ impl TtsService for TtsRelay {
         let trace = TraceContext::from_metadata(request.metadata());
         let mut input = request.into_inner();
         let Some(first) = input.message().await? else {
-            // Zero chunks: the lone end marker, as a worker answers.
             let (tx, rx) = tokio::sync::mpsc::channel(1);
-            let _ = tx
-                .send(Ok(Framer::new("", FrameFormat::DEFAULT).finish()))
-                .await;
+            let _ = tx.send(Ok(empty_call_reply())).await;
             return Ok(Response::new(ReceiverStream::new(rx)));
         };
         let session = self

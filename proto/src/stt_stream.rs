@@ -147,6 +147,37 @@ impl SttRequestValidator {
         }
     }
 
+    /// The stream's first request, which must be its config: the config,
+    /// typed, so a caller has no "audio first" case left to handle.
+    pub fn accept_config<'a>(
+        &mut self,
+        request: &'a RecognizeRequest,
+    ) -> Result<&'a RecognitionConfig, Violation> {
+        match self.accept(request)? {
+            SttInput::Config(config) => Ok(config),
+            // Only once a config was accepted can audio pass accept().
+            SttInput::Audio { .. } => Err(Violation::new(
+                Rule::SttConfigFirst,
+                "accept_config called after the config",
+            )),
+        }
+    }
+
+    /// A request after the config: its audio and whether it ends the audio.
+    pub fn accept_audio<'a>(
+        &mut self,
+        request: &'a RecognizeRequest,
+    ) -> Result<(&'a [u8], bool), Violation> {
+        match self.accept(request)? {
+            SttInput::Audio { pcm, end_of_audio } => Ok((pcm, end_of_audio)),
+            // Only before any config can a config pass accept().
+            SttInput::Config(_) => Err(Violation::new(
+                Rule::SttConfigFirst,
+                "accept_audio called before the config",
+            )),
+        }
+    }
+
     /// The client half-closed: that ends its audio too. A stream closed before
     /// any config breaks STT-CONFIG-FIRST.
     pub fn half_closed(&mut self) -> Result<(), Violation> {
@@ -385,6 +416,21 @@ mod tests {
             language: language.into(),
             partial_results: false,
         }
+    }
+
+    #[test]
+    fn the_typed_accepts_say_config_first_then_audio() {
+        let (first_audio, last_audio, first) = (audio(4, false), audio(4, true), config(16_000));
+        let mut v = SttRequestValidator::new(SttLimits::default());
+        let audio_first = v.accept_config(&first_audio).expect_err("audio first");
+        assert_eq!(audio_first.rule, Rule::SttConfigFirst);
+        let mut v = SttRequestValidator::new(SttLimits::default());
+        assert_eq!(v.accept_config(&first).expect("config").sample_rate, 16_000);
+        assert_eq!(v.accept_audio(&last_audio), Ok((&[0u8; 4][..], true)));
+        let mut v = SttRequestValidator::new(SttLimits::default());
+        v.accept_config(&first).expect("config");
+        let second = v.accept_audio(&first).expect_err("second config");
+        assert_eq!(second.rule, Rule::SttConfigFirst);
     }
 
     #[test]

@@ -212,6 +212,14 @@ impl TtsStreamValidator {
     }
 }
 
+/// The whole answer to a Synthesize call that sent no chunk at all: one end
+/// marker, so the stream still has its one final frame (TTS-FINAL-MISSING).
+/// No chunk named a session, so the frame echoes none. A worker and a relay
+/// answer such a call alike.
+pub fn empty_call_reply() -> AudioFrame {
+    Framer::new("", FrameFormat::DEFAULT).finish()
+}
+
 /// Cuts a worker's PCM into valid frames: full frames as soon as they are
 /// complete, and a final frame (the last audio, or an end marker when there is
 /// none left) at [`finish`](Self::finish). It holds back at most one frame's
@@ -311,6 +319,16 @@ pub fn check_text_limit(chars_so_far: usize, max_chars: usize) -> Result<(), Vio
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_empty_call_reply_is_a_whole_valid_stream() {
+        // No chunk named a session, so the call's session is "".
+        let mut validator = TtsStreamValidator::new("");
+        let reply = empty_call_reply();
+        assert!(reply.is_final && reply.audio_data.is_empty());
+        assert_eq!(validator.observe(&reply), Ok(FrameKind::EndMarker));
+        assert_eq!(validator.finish(), Ok(()));
+    }
 
     fn run(frames: &[AudioFrame]) -> Result<Vec<FrameKind>, Violation> {
         let mut validator = TtsStreamValidator::new("s");

@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 use tonic::transport::server::Router;
 pub use tonic_health::pb::health_server::HealthServer;
+use voxwire_proto::{Rule, Violation};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -148,13 +149,17 @@ impl Drain {
         Drain::default()
     }
 
-    /// Admits one unit of work, or `None` once draining (answer UNAVAILABLE).
-    pub fn admit(&self) -> Option<InFlight> {
+    /// Admits one unit of work, or refuses it once draining: HEALTH-DRAIN,
+    /// whose status (UNAVAILABLE) is the rule's, so no caller picks it.
+    pub fn admit(&self) -> Result<InFlight, Violation> {
         if self.is_draining() {
-            return None;
+            return Err(Violation::new(
+                Rule::HealthDrain,
+                "draining: this server takes no new work",
+            ));
         }
         self.inner.in_flight.fetch_add(1, Ordering::AcqRel);
-        Some(InFlight {
+        Ok(InFlight {
             inner: Arc::clone(&self.inner),
         })
     }
@@ -480,7 +485,9 @@ mod tests {
         });
         let left = drain.drain(Duration::from_secs(5)).await;
         assert_eq!(left, 0);
-        assert!(drain.admit().is_none());
+        let refused = drain.admit().expect_err("refused while draining");
+        assert_eq!(refused.rule, Rule::HealthDrain);
+        assert_eq!(refused.to_status().code(), tonic::Code::Unavailable);
         releaser.await.expect("releaser");
     }
 

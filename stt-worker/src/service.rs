@@ -20,7 +20,7 @@ use voxwire_proto::stt::{
     RecognizeRequest, TranscriptEvent,
 };
 use voxwire_proto::stt_stream::{
-    check_choice, SttInput, SttLimits, SttOffer, SttRequestValidator, SttStreamValidator,
+    check_choice, SttLimits, SttOffer, SttRequestValidator, SttStreamValidator,
 };
 use voxwire_proto::{Rule, Violation};
 use voxwire_service::{Drain, InFlight};
@@ -193,15 +193,13 @@ impl SttService for SttServiceImpl {
         request: Request<Streaming<RecognizeRequest>>,
     ) -> Result<Response<Self::RecognizeStream>, Status> {
         let Some(model) = self.worker.model() else {
-            return Err(Status::unavailable(
-                "HEALTH-GATE: the model is still loading (health NOT_SERVING)",
-            ));
+            return Err(Violation::new(
+                Rule::HealthGate,
+                "the model is still loading (health NOT_SERVING)",
+            )
+            .into());
         };
-        let in_flight = self
-            .worker
-            .drain
-            .admit()
-            .ok_or_else(|| Status::unavailable("HEALTH-DRAIN: the worker is draining"))?;
+        let in_flight = self.worker.drain.admit()?;
         let slot = self.worker.admit_stream().ok_or_else(|| {
             Violation::new(
                 Rule::SttCapacity,
@@ -225,13 +223,7 @@ impl SttService for SttServiceImpl {
                 return Err(Status::invalid_argument("empty stream"));
             }
         };
-        let config = match requests.accept(&first)? {
-            SttInput::Config(config) => config.clone(),
-            // accept() rejects audio before config; nothing else can come first.
-            SttInput::Audio { .. } => {
-                return Err(Violation::new(Rule::SttConfigFirst, "audio before config").into())
-            }
-        };
+        let config = requests.accept_config(&first)?.clone();
         let models = [MODEL_ID.to_string()];
         let languages = languages();
         check_choice(
@@ -342,9 +334,8 @@ async fn read_audio(
             // stops the recognizer without a final.
             Err(_) => return,
         };
-        let (pcm, end) = match requests.accept(&request) {
-            Ok(SttInput::Audio { pcm, end_of_audio }) => (pcm, end_of_audio),
-            Ok(SttInput::Config(_)) => continue,
+        let (pcm, end) = match requests.accept_audio(&request) {
+            Ok(audio) => audio,
             Err(violation) => {
                 let _ = events.send(Err(violation.to_status())).await;
                 return;

@@ -10,7 +10,6 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use voxwire_proto::audio::FrameFormat;
 use voxwire_proto::session::validate_session_id;
 use voxwire_proto::tts::tts_service_server::TtsService;
 use voxwire_proto::tts::{
@@ -19,7 +18,7 @@ use voxwire_proto::tts::{
     ListModelsResponse, LoadModelRequest, LoadModelResponse, StartSessionRequest,
     StartSessionResponse, TextChunk, UnloadModelRequest, UnloadModelResponse,
 };
-use voxwire_proto::tts_stream::Framer;
+use voxwire_proto::tts_stream::empty_call_reply;
 use voxwire_proto::{Rule, Violation};
 
 use super::call::{read_text, Call, FRAME_BUFFER};
@@ -126,18 +125,11 @@ impl TtsService for TtsServiceImpl {
         let mut input = request.into_inner();
         let (tx, rx) = mpsc::channel(FRAME_BUFFER);
         let Some(first) = input.message().await? else {
-            // Zero chunks: the lone end marker, so the stream still has its
-            // one final frame. No chunk named a session, so none is echoed.
-            let framer = Framer::new("", FrameFormat::DEFAULT);
-            let _ = tx.send(Ok(framer.finish())).await;
+            let _ = tx.send(Ok(empty_call_reply())).await;
             return Ok(Response::new(ReceiverStream::new(rx)));
         };
         let session = self.worker.session(&first.session_id)?;
-        let in_flight = self
-            .worker
-            .drain
-            .admit()
-            .ok_or_else(|| Status::unavailable("HEALTH-DRAIN: the worker is draining"))?;
+        let in_flight = self.worker.drain.admit()?;
         session.touch();
         let (sentence_tx, sentence_rx) = mpsc::channel(16);
         tokio::spawn(read_text(

@@ -265,13 +265,13 @@ impl TtsWorker {
 
     fn refuse_unless_serving(&self) -> Result<InFlight, Status> {
         if !self.is_ready() {
-            return Err(Status::unavailable(
-                "HEALTH-GATE: the voice is still loading (health NOT_SERVING)",
-            ));
+            return Err(Violation::new(
+                Rule::HealthGate,
+                "the voice is still loading (health NOT_SERVING)",
+            )
+            .into());
         }
-        self.drain
-            .admit()
-            .ok_or_else(|| Status::unavailable("HEALTH-DRAIN: the worker is draining"))
+        Ok(self.drain.admit()?)
     }
 
     fn model_info(&self, model_id: &str) -> ModelInfo {

@@ -424,10 +424,11 @@ impl SttService for FaultySt {
             Err(violation) if !fault.tolerates(violation.rule) => return Err(violation.to_status()),
             _ => {}
         }
-        let in_flight = self.state.drain.admit();
-        if in_flight.is_none() && fault != SttFault::DrainIgnored {
-            return Err(Status::unavailable("HEALTH-DRAIN: draining"));
-        }
+        let in_flight = match self.state.drain.admit() {
+            Ok(in_flight) => Some(in_flight),
+            Err(_) if fault == SttFault::DrainIgnored => None,
+            Err(refused) => return Err(refused.to_status()),
+        };
         let active = self.state.active.fetch_add(1, Ordering::AcqRel);
         let guard = Guard(Arc::clone(&self.state.active), in_flight);
         if active >= MAX_SESSIONS && fault != SttFault::CapacityNotEnforced {

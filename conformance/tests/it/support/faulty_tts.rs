@@ -509,10 +509,7 @@ impl TtsService for FaultyTts {
         {
             return Err(Status::invalid_argument("nothing to say"));
         }
-        let in_flight = state
-            .drain
-            .admit()
-            .ok_or_else(|| Status::unavailable("HEALTH-DRAIN: draining"))?;
+        let in_flight = state.drain.admit()?;
         state.active_streams.fetch_add(1, Ordering::AcqRel);
         let guard = StreamGuard(Arc::clone(&state.active_streams), in_flight);
         let call = Call {
