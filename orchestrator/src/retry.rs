@@ -1,9 +1,18 @@
 //! Which failures a turn may retry: only those that say "try again, maybe
-//! elsewhere" and only before the client saw any output.
+//! elsewhere" and only before the client saw any output; and the one loop of
+//! attempts every turn runs ([`run_turn`]), TTS and STT alike.
 
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::{Code, Status};
+use tracing::Instrument;
+use voxwire_service::metrics::code_label;
+
+use crate::config::DispatchSettings;
+use crate::metrics::{self, Metrics};
+use crate::pool::{Lease, Pool};
 
 /// UNAVAILABLE (worker down or draining), RESOURCE_EXHAUSTED (worker full)
 /// and DEADLINE_EXCEEDED (worker too slow to start). Everything else
@@ -50,6 +59,123 @@ pub async fn first_answer<F: std::future::Future>(
     tokio::time::timeout(hard - soft, answer)
         .await
         .map_err(|_| hard)
+}
+
+/// How one attempt of a turn failed.
+#[derive(Debug)]
+pub struct Failed {
+    pub status: Status,
+    /// Something irrevocable happened first (audio reached the client, the
+    /// audio sent can no longer be replayed): the turn ends with this.
+    pub committed: bool,
+    /// The client broke or left its side: never the worker's fault, and
+    /// nothing to retry.
+    pub client: bool,
+}
+
+impl Failed {
+    /// A failure the turn may still retry elsewhere, if its code allows.
+    pub fn retryable(status: Status) -> Failed {
+        Failed {
+            status,
+            committed: false,
+            client: false,
+        }
+    }
+}
+
+/// One turn's part in [`run_turn`].
+pub trait Turn: Send {
+    type Done: Send;
+
+    /// The worker this turn should go to when it can (its session is there).
+    fn preferred(&self) -> Option<String> {
+        None
+    }
+
+    /// One attempt on the worker `lease` holds.
+    fn attempt(&mut self, lease: &Lease)
+        -> impl Future<Output = Result<Self::Done, Failed>> + Send;
+
+    /// Before the next attempt, after one failed with `code`.
+    fn retrying(&mut self, _code: Code) {}
+}
+
+/// What a successful turn took.
+#[derive(Debug)]
+pub struct Attempted<D> {
+    pub done: D,
+    pub endpoint: String,
+    pub attempts: u32,
+}
+
+/// Runs a turn's attempts: a worker from the pool (never one already tried
+/// for this turn), one attempt, and after a failure that may succeed
+/// elsewhere (UNAVAILABLE, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, nothing
+/// committed, attempts left), a backoff and the next worker. A worker past a
+/// deadline is marked UNRESPONSIVE. Counts the turn in flight, its retries
+/// and its outcome under `kind`.
+pub async fn run_turn<T: Turn>(
+    kind: &'static str,
+    pool: &Pool,
+    settings: &DispatchSettings,
+    metrics: &Arc<Metrics>,
+    turn: &mut T,
+) -> Result<Attempted<T::Done>, Status> {
+    let _in_flight = metrics.turn_in_flight(kind);
+    let mut tried: Vec<String> = Vec::new();
+    let mut attempt = 0u32;
+    let result = loop {
+        attempt += 1;
+        let preferred = turn.preferred();
+        let lease = match pool
+            .acquire(preferred.as_deref(), &tried, settings.ready_wait)
+            .await
+        {
+            Ok(lease) => lease,
+            Err(none) => break Err(Status::from(none)),
+        };
+        let address = lease.endpoint.address.clone();
+        let span = tracing::info_span!("dispatch", endpoint = %address, attempt);
+        match turn.attempt(&lease).instrument(span).await {
+            Ok(done) => {
+                break Ok(Attempted {
+                    done,
+                    endpoint: address,
+                    attempts: attempt,
+                })
+            }
+            Err(failed) if failed.client => break Err(failed.status),
+            Err(failed) => {
+                let code = failed.status.code();
+                if code == Code::DeadlineExceeded {
+                    // Silence past a deadline: maybe wedged. Keep later
+                    // turns away until it answers a load poll again.
+                    lease.endpoint.mark_unresponsive(failed.status.message());
+                }
+                let retry =
+                    !failed.committed && is_retryable(code) && settings.retry.allows_after(attempt);
+                tracing::warn!(kind, endpoint = %address, attempt, status = %failed.status, retry, "attempt failed");
+                if !retry {
+                    break Err(failed.status);
+                }
+                metrics.inc(
+                    metrics::RETRIES,
+                    &[("kind", kind), ("code", code_label(code))],
+                );
+                turn.retrying(code);
+                tried.push(address);
+                drop(lease);
+                tokio::time::sleep(settings.retry.delay(attempt)).await;
+            }
+        }
+    };
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(status) => code_label(status.code()),
+    };
+    metrics.inc(metrics::TURNS, &[("kind", kind), ("outcome", outcome)]);
+    result
 }
 
 #[cfg(test)]

@@ -9,7 +9,6 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Status};
-use tracing::Instrument;
 use voxwire_proto::audio::SAMPLE_BYTES;
 use voxwire_proto::stt::stt_service_client::SttServiceClient;
 use voxwire_proto::stt::{recognize_request, RecognitionConfig, RecognizeRequest, TranscriptEvent};
@@ -18,9 +17,8 @@ use voxwire_proto::stt_stream::SttStreamValidator;
 use crate::config::DispatchSettings;
 use crate::metrics::{self, Metrics};
 use crate::pool::{Lease, Pool};
-use crate::retry::{first_answer, is_retryable, lost_worker_as_unavailable};
+use crate::retry::{first_answer, lost_worker_as_unavailable, run_turn, Failed, Turn};
 use crate::trace::TraceContext;
-use voxwire_service::metrics::code_label;
 
 pub struct SttDispatcher {
     pool: Arc<Pool>,
@@ -53,6 +51,29 @@ fn after_audio_deadline(first_frame: Duration, audio_ms: f64, answered_ms: i64) 
     first_frame + Duration::from_secs_f64(backlog_ms * BACKLOG_ALLOWANCE / 1000.0)
 }
 
+/// One Recognize stream as a [`Turn`]: retried only while its audio can be
+/// replayed (no event has reached the client).
+struct SttTurn<'d, 'r, 'a> {
+    dispatcher: &'d SttDispatcher,
+    relay: &'r mut Relay<'a>,
+    trace: &'d TraceContext,
+}
+
+impl Turn for SttTurn<'_, '_, '_> {
+    type Done = ();
+
+    async fn attempt(&mut self, lease: &Lease) -> Result<(), Failed> {
+        match self.dispatcher.attempt(lease, self.relay, self.trace).await {
+            Ok(()) => Ok(()),
+            Err(status) => Err(Failed {
+                status: lost_worker_as_unavailable(status),
+                committed: self.relay.replay.is_none(),
+                client: false,
+            }),
+        }
+    }
+}
+
 impl SttDispatcher {
     pub fn new(pool: Arc<Pool>, settings: DispatchSettings, metrics: Arc<Metrics>) -> Self {
         SttDispatcher {
@@ -83,56 +104,14 @@ impl SttDispatcher {
             audio_ms: 0.0,
             out,
         };
-        let _in_flight = self.metrics.turn_in_flight("stt");
-        let mut tried = Vec::new();
-        let mut attempt = 0u32;
-        let result = loop {
-            attempt += 1;
-            let lease = match self
-                .pool
-                .acquire(None, &tried, self.settings.ready_wait)
-                .await
-            {
-                Ok(lease) => lease,
-                Err(none) => break Err(Status::from(none)),
-            };
-            let address = lease.endpoint.address.clone();
-            let span = tracing::info_span!("dispatch", endpoint = %address, attempt);
-            match self
-                .attempt(&lease, &mut relay, trace)
-                .instrument(span)
-                .await
-            {
-                Ok(()) => break Ok(()),
-                Err(status) => {
-                    let status = lost_worker_as_unavailable(status);
-                    if status.code() == tonic::Code::DeadlineExceeded {
-                        lease.endpoint.mark_unresponsive(status.message());
-                    }
-                    let retry = relay.replay.is_some()
-                        && is_retryable(status.code())
-                        && self.settings.retry.allows_after(attempt);
-                    tracing::warn!(endpoint = %address, attempt, %status, retry, "STT attempt failed");
-                    if !retry {
-                        break Err(status);
-                    }
-                    self.metrics.inc(
-                        metrics::RETRIES,
-                        &[("kind", "stt"), ("code", code_label(status.code()))],
-                    );
-                    tried.push(address);
-                    drop(lease);
-                    tokio::time::sleep(self.settings.retry.delay(attempt)).await;
-                }
-            }
+        let mut turn = SttTurn {
+            dispatcher: self,
+            relay: &mut relay,
+            trace,
         };
-        let outcome = match &result {
-            Ok(()) => "ok",
-            Err(status) => code_label(status.code()),
-        };
-        self.metrics
-            .inc(metrics::TURNS, &[("kind", "stt"), ("outcome", outcome)]);
-        result
+        run_turn("stt", &self.pool, &self.settings, &self.metrics, &mut turn)
+            .await
+            .map(|_| ())
     }
 
     async fn attempt(

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Code, Request, Status};
-use tracing::Instrument;
 use voxwire_proto::tts::tts_service_client::TtsServiceClient;
 use voxwire_proto::tts::{AudioFrame, EndSessionRequest, StartSessionRequest, TextChunk};
 use voxwire_proto::tts_stream::TtsStreamValidator;
@@ -18,9 +17,96 @@ use crate::config::DispatchSettings;
 use crate::endpoint::Endpoint;
 use crate::metrics::{self, Metrics};
 use crate::pool::{Lease, Pool};
-use crate::retry::{first_answer, is_retryable, lost_worker_as_unavailable};
+use crate::retry::{
+    first_answer, is_retryable, lost_worker_as_unavailable, run_turn, Failed, Turn,
+};
 use crate::trace::TraceContext;
-use voxwire_service::metrics::code_label;
+
+/// One TTS turn as a [`Turn`]: preferring the worker its session is on,
+/// retried only before a frame was forwarded.
+struct SpeakTurn<'d, 'b, 'f> {
+    dispatcher: &'d TtsDispatcher,
+    binding: &'b mut TtsBinding,
+    feed: &'b mut TextFeed<'f>,
+    trace: &'d TraceContext,
+    out: &'d mpsc::Sender<AudioFrame>,
+    started: Instant,
+}
+
+impl Turn for SpeakTurn<'_, '_, '_> {
+    type Done = u64;
+
+    fn preferred(&self) -> Option<String> {
+        self.binding
+            .endpoint
+            .clone()
+            .or_else(|| self.binding.preferred.clone())
+    }
+
+    async fn attempt(&mut self, lease: &Lease) -> Result<u64, Failed> {
+        let result = self
+            .dispatcher
+            .attempt(
+                lease,
+                self.binding,
+                self.feed,
+                self.trace,
+                self.out,
+                self.started,
+            )
+            .await;
+        let error = match result {
+            Ok(frames) => return Ok(frames),
+            Err(error) => error,
+        };
+        if self.feed.client_failed || error.client {
+            // The client broke or abandoned its input.
+            return Err(Failed {
+                status: error.status,
+                committed: true,
+                client: true,
+            });
+        }
+        if error.forwarded == 0
+            || matches!(error.status.code(), Code::Internal | Code::InvalidArgument)
+        {
+            return Err(Failed {
+                committed: error.forwarded > 0,
+                ..Failed::retryable(error.status)
+            });
+        }
+        // Frames reached the client, so the turn ends here. A transport
+        // failure mid-stream (h2 reset, connection lost) surfaces as
+        // UNKNOWN; it means the worker went away.
+        let code = match error.status.code() {
+            _ if self.out.is_closed() => Code::Cancelled,
+            Code::Unknown | Code::Cancelled => Code::Unavailable,
+            other => other,
+        };
+        let status = Status::new(
+            code,
+            format!(
+                "worker {} failed after {} frames: {}",
+                lease.endpoint.address,
+                error.forwarded,
+                error.status.message()
+            ),
+        );
+        Err(Failed {
+            status,
+            committed: true,
+            client: false,
+        })
+    }
+
+    fn retrying(&mut self, code: Code) {
+        if code == Code::Unavailable {
+            // The session there is likely gone with the worker.
+            self.binding.set_endpoint(None);
+            self.binding.preferred = None;
+        }
+    }
+}
 
 /// The client session's presence on a worker.
 #[derive(Debug, Clone, Default)]
@@ -252,102 +338,21 @@ impl TtsDispatcher {
         trace: &TraceContext,
         out: &mpsc::Sender<AudioFrame>,
     ) -> Result<TurnStats, Status> {
-        let started = Instant::now();
-        let _in_flight = self.metrics.turn_in_flight("tts");
-        let mut tried: Vec<String> = Vec::new();
-        let mut attempt = 0u32;
-        let result = loop {
-            attempt += 1;
-            let lease = match self
-                .pool
-                .acquire(
-                    binding.endpoint.as_deref().or(binding.preferred.as_deref()),
-                    &tried,
-                    self.settings.ready_wait,
-                )
-                .await
-            {
-                Ok(lease) => lease,
-                Err(none) => break Err(Status::from(none)),
-            };
-            let address = lease.endpoint.address.clone();
-            let span = tracing::info_span!("dispatch", endpoint = %address, attempt);
-            match self
-                .attempt(&lease, binding, feed, trace, out, started)
-                .instrument(span)
-                .await
-            {
-                Ok(frames) => {
-                    break Ok(TurnStats {
-                        endpoint: address,
-                        attempts: attempt,
-                        frames,
-                    })
-                }
-                Err(error) if feed.client_failed || error.client => {
-                    // The client broke or abandoned its input: never the
-                    // worker's fault, and nothing to retry.
-                    break Err(error.status);
-                }
-                Err(error) => {
-                    let code = error.status.code();
-                    if code == Code::DeadlineExceeded {
-                        // Silence past a deadline: maybe wedged. Keep later
-                        // turns away until it answers a load poll again.
-                        lease.endpoint.mark_unresponsive(error.status.message());
-                    }
-                    let retry = error.forwarded == 0
-                        && is_retryable(code)
-                        && self.settings.retry.allows_after(attempt);
-                    tracing::warn!(endpoint = %address, attempt, status = %error.status, retry, "TTS attempt failed");
-                    if !retry {
-                        let status = if error.forwarded > 0
-                            && !matches!(
-                                error.status.code(),
-                                Code::Internal | Code::InvalidArgument
-                            ) {
-                            // A transport failure mid-stream (h2 reset, connection
-                            // lost) surfaces as UNKNOWN; it means the worker went away.
-                            let code = match error.status.code() {
-                                _ if out.is_closed() => Code::Cancelled,
-                                Code::Unknown | Code::Cancelled => Code::Unavailable,
-                                other => other,
-                            };
-                            Status::new(
-                                code,
-                                format!(
-                                    "worker {address} failed after {} frames: {}",
-                                    error.forwarded,
-                                    error.status.message()
-                                ),
-                            )
-                        } else {
-                            error.status
-                        };
-                        break Err(status);
-                    }
-                    self.metrics.inc(
-                        metrics::RETRIES,
-                        &[("kind", "tts"), ("code", code_label(code))],
-                    );
-                    if code == Code::Unavailable {
-                        // The session there is likely gone with the worker.
-                        binding.set_endpoint(None);
-                        binding.preferred = None;
-                    }
-                    tried.push(address);
-                    drop(lease);
-                    tokio::time::sleep(self.settings.retry.delay(attempt)).await;
-                }
-            }
+        let mut turn = SpeakTurn {
+            dispatcher: self,
+            binding,
+            feed,
+            trace,
+            out,
+            started: Instant::now(),
         };
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(status) => code_label(status.code()),
-        };
-        self.metrics
-            .inc(metrics::TURNS, &[("kind", "tts"), ("outcome", outcome)]);
-        result
+        let attempted =
+            run_turn("tts", &self.pool, &self.settings, &self.metrics, &mut turn).await?;
+        Ok(TurnStats {
+            endpoint: attempted.endpoint,
+            attempts: attempted.attempts,
+            frames: attempted.done,
+        })
     }
 
     /// Opens the client session on a worker now (tts.TTSService StartSession
