@@ -67,3 +67,32 @@ pub fn write_token(dir: &Path) -> Result<Option<PathBuf>, CertsError> {
     }
     Ok(Some(token))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_the_pki_and_a_token_and_keeps_an_existing_token() {
+        let dir = std::env::temp_dir().join(format!("voxctl-certs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let written = write_pki(&dir, &["example.test".to_string()]).expect("pki");
+        assert!(!written.is_empty() && written.iter().all(|p| p.is_file()));
+        let token = write_token(&dir).expect("token").expect("a new token");
+        let first = std::fs::read_to_string(&token).expect("token file");
+        assert_eq!(first.trim().len(), 32, "32 hex digits");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&token)
+                .expect("meta")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // Clients hold the token: a second run keeps it.
+        assert_eq!(write_token(&dir).expect("second run"), None);
+        assert_eq!(std::fs::read_to_string(&token).expect("token file"), first);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
